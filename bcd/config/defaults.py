@@ -1,0 +1,242 @@
+"""Default configuration: Detectron2-like keys plus the ``KD`` node.
+
+Every key used anywhere in ``bcd`` is declared here with a comment; a YAML file or a command-line
+override may only set keys that exist (an unknown key is an error naming the closest keys).
+Sections are owned by one area each (core, semantic segmentation, detection, distillation).
+"""
+from .config import CfgNode as CN
+
+_C = CN()
+_C.VERSION = 1
+
+# ---------------------------------------------------------------------------------------------
+# MODEL (core)
+# ---------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+_C.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
+# Path to a checkpoint of the whole model (student), loaded by the trainer / --eval-only.
+_C.MODEL.WEIGHTS = ""
+_C.MODEL.DEVICE = "cpu"  # "cuda" or "cpu"; train_net.py switches to cuda when --num-gpus > 0
+# Pixel normalisation of RGB images in [0, 255] (ImageNet statistics, torchvision order).
+_C.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
+_C.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
+
+_C.MODEL.BACKBONE = CN()
+_C.MODEL.BACKBONE.NAME = "build_resnet_backbone"  # a BACKBONE_REGISTRY entry
+# Local file of ImageNet-pretrained weights with torchvision key names ("" = random init).
+# Nothing is downloaded: a missing file is an error naming it.
+_C.MODEL.BACKBONE.WEIGHTS = ""
+_C.MODEL.BACKBONE.FREEZE_AT = 0  # freeze stem (1) and the first N-1 stages; 0 = train all
+_C.MODEL.BACKBONE.NORM = "BN"  # "BN", "SyncBN", "FrozenBN", "GN"
+# Name of a timm model for the "build_timm_backbone" entry (features_only=True).
+_C.MODEL.BACKBONE.TIMM_NAME = ""
+
+_C.MODEL.RESNETS = CN()
+_C.MODEL.RESNETS.DEPTH = 50  # 18, 34, 50, 101, 152
+_C.MODEL.RESNETS.WIDTH_MULTIPLIER = 1.0  # 0.5 gives the papers' "ResNet-18(0.5)"
+_C.MODEL.RESNETS.OUTPUT_STRIDE = 32  # 8 or 16 replaces strides by dilation (DeepLab style)
+_C.MODEL.RESNETS.DEEP_STEM = False  # three 3x3 convs instead of one 7x7 (PSPNet / mmseg "V1c")
+_C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+
+_C.MODEL.MOBILENETV2 = CN()
+_C.MODEL.MOBILENETV2.WIDTH_MULTIPLIER = 1.0
+_C.MODEL.MOBILENETV2.OUTPUT_STRIDE = 8
+
+_C.MODEL.EFFICIENTNET = CN()
+_C.MODEL.EFFICIENTNET.VARIANT = "b1"
+_C.MODEL.EFFICIENTNET.OUTPUT_STRIDE = 8
+
+_C.MODEL.FPN = CN()
+_C.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+_C.MODEL.FPN.OUT_CHANNELS = 256
+# "" (none), "P6P7" (RetinaNet / GFL: P6 from C5 or P5), "P6" (max-pool, Mask R-CNN)
+_C.MODEL.FPN.TOP_BLOCK = ""
+_C.MODEL.FPN.TOP_BLOCK_IN = "res5"  # input of the P6P7 block: "res5" (RetinaNet) or "p5"
+_C.MODEL.FPN.NORM = ""
+
+# ---------------------------------------------------------------------------------------------
+# MODEL: semantic segmentation
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.SEM_SEG_HEAD = CN()
+_C.MODEL.SEM_SEG_HEAD.NAME = "PSPHead"  # a SEM_SEG_HEAD_REGISTRY entry
+_C.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res5"]
+_C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 21
+_C.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
+_C.MODEL.SEM_SEG_HEAD.CHANNELS = 512  # decoder width
+_C.MODEL.SEM_SEG_HEAD.NORM = "BN"
+_C.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1
+_C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0
+_C.MODEL.SEM_SEG_HEAD.PSP_BINS = [1, 2, 3, 6]
+_C.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS = [12, 24, 36]  # at output stride 8 (6/12/18 at 16)
+_C.MODEL.SEM_SEG_HEAD.LOW_LEVEL_FEATURE = "res2"  # DeepLabV3+ decoder input
+_C.MODEL.SEM_SEG_HEAD.LOW_LEVEL_CHANNELS = 48
+_C.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4  # Semantic FPN output stride
+_C.MODEL.SEM_SEG_HEAD.CONVS_DIM = 128  # Semantic FPN per-level width
+
+_C.MODEL.AUX_HEAD = CN()
+_C.MODEL.AUX_HEAD.ENABLED = False
+_C.MODEL.AUX_HEAD.IN_FEATURE = "res4"
+_C.MODEL.AUX_HEAD.CHANNELS = 256
+_C.MODEL.AUX_HEAD.LOSS_WEIGHT = 0.4
+
+# ---------------------------------------------------------------------------------------------
+# MODEL: detection
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.RETINANET = CN()
+_C.MODEL.RETINANET.NUM_CLASSES = 80
+_C.MODEL.RETINANET.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+_C.MODEL.RETINANET.NUM_CONVS = 4
+_C.MODEL.RETINANET.IOU_THRESHOLDS = [0.4, 0.5]
+_C.MODEL.RETINANET.PRIOR_PROB = 0.01
+_C.MODEL.RETINANET.FOCAL_LOSS_ALPHA = 0.25
+_C.MODEL.RETINANET.FOCAL_LOSS_GAMMA = 2.0
+_C.MODEL.RETINANET.SMOOTH_L1_BETA = 0.0  # 0 = L1 loss (Detectron2 default)
+_C.MODEL.RETINANET.BBOX_REG_WEIGHTS = [1.0, 1.0, 1.0, 1.0]
+_C.MODEL.RETINANET.SCORE_THRESH_TEST = 0.05
+_C.MODEL.RETINANET.TOPK_CANDIDATES_TEST = 1000
+_C.MODEL.RETINANET.NMS_THRESH_TEST = 0.5
+
+_C.MODEL.ANCHOR_GENERATOR = CN()
+_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32, 40, 50], [64, 80, 101], [128, 161, 203], [256, 322, 406], [512, 645, 812]]
+_C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+
+_C.MODEL.GFL = CN()
+_C.MODEL.GFL.NUM_CLASSES = 80
+_C.MODEL.GFL.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+_C.MODEL.GFL.NUM_CONVS = 4
+_C.MODEL.GFL.REG_MAX = 16  # box sides are distributions over REG_MAX + 1 bins
+_C.MODEL.GFL.ANCHOR_SCALE = 8  # one square anchor of size ANCHOR_SCALE * stride per location
+_C.MODEL.GFL.ATSS_TOPK = 9
+_C.MODEL.GFL.LOSS_QFL_WEIGHT = 1.0
+_C.MODEL.GFL.LOSS_DFL_WEIGHT = 0.25
+_C.MODEL.GFL.LOSS_GIOU_WEIGHT = 2.0
+_C.MODEL.GFL.QFL_BETA = 2.0
+_C.MODEL.GFL.SCORE_THRESH_TEST = 0.05
+_C.MODEL.GFL.TOPK_CANDIDATES_TEST = 1000
+_C.MODEL.GFL.NMS_THRESH_TEST = 0.6
+_C.MODEL.GFL.DETECTIONS_PER_IMAGE = 100
+
+# ---------------------------------------------------------------------------------------------
+# INPUT
+# ---------------------------------------------------------------------------------------------
+_C.INPUT = CN()
+_C.INPUT.FORMAT = "RGB"
+# MAPPER_REGISTRY entry turning a dataset dict into model input ("SemSegDatasetMapper",
+# "DetectionDatasetMapper", ...)
+_C.INPUT.DATASET_MAPPER_NAME = "SemSegDatasetMapper"
+# Semantic segmentation: random scale of the base size, crop, flip, photometric jitter.
+_C.INPUT.BASE_SIZE = [512, 512]  # (h, w) the random scale multiplies; -1 keeps the image size
+_C.INPUT.SCALE_RANGE = [0.5, 2.0]
+_C.INPUT.CROP = CN()
+_C.INPUT.CROP.ENABLED = True
+_C.INPUT.CROP.SIZE = [512, 512]  # (h, w)
+_C.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 0.75  # re-draw crops dominated by one class (1.0 = off)
+_C.INPUT.FLIP = True
+_C.INPUT.COLOR_JITTER = CN()
+_C.INPUT.COLOR_JITTER.ENABLED = True
+_C.INPUT.COLOR_JITTER.BRIGHTNESS = 0.125
+_C.INPUT.COLOR_JITTER.CONTRAST = 0.5
+_C.INPUT.COLOR_JITTER.SATURATION = 0.5
+_C.INPUT.COLOR_JITTER.HUE = 0.05
+# Detection: resize the shortest edge (a choice per image in training), cap the longest edge.
+_C.INPUT.MIN_SIZE_TRAIN = (800,)
+_C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"  # "choice" or "range"
+_C.INPUT.MAX_SIZE_TRAIN = 1333
+_C.INPUT.MIN_SIZE_TEST = 800
+_C.INPUT.MAX_SIZE_TEST = 1333
+# Inputs are padded to a multiple of this (the backbone's largest stride); 0 = max stride
+_C.INPUT.SIZE_DIVISIBILITY = 32
+
+# ---------------------------------------------------------------------------------------------
+# DATASETS / DATALOADER
+# ---------------------------------------------------------------------------------------------
+_C.DATASETS = CN()
+_C.DATASETS.TRAIN = ()
+_C.DATASETS.TEST = ()
+# Register datasets from the config alone: a list of dicts, each with NAME, TYPE ("sem_seg" or
+# "coco"), and the keys of that type (see datasets/README.md).
+_C.DATASETS.CUSTOM = []
+
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 2
+_C.DATALOADER.ASPECT_RATIO_GROUPING = True
+_C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
+_C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+
+# ---------------------------------------------------------------------------------------------
+# SOLVER
+# ---------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+_C.SOLVER.OPTIMIZER = "SGD"  # "SGD" or "AdamW"
+_C.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"  # WarmupMultiStepLR, WarmupCosineLR, WarmupPolyLR
+_C.SOLVER.MAX_ITER = 40000
+_C.SOLVER.BASE_LR = 0.01
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.NESTEROV = False
+_C.SOLVER.BETAS = (0.9, 0.999)  # AdamW
+_C.SOLVER.WEIGHT_DECAY = 0.0005
+_C.SOLVER.WEIGHT_DECAY_NORM = 0.0  # weight decay of norm layers (and their biases)
+_C.SOLVER.WEIGHT_DECAY_BIAS = None  # None = same as WEIGHT_DECAY
+_C.SOLVER.BIAS_LR_FACTOR = 1.0
+# LR multipliers by parameter-name prefix, e.g. [["sem_seg_head", 10.0]]; first match wins.
+_C.SOLVER.LR_MULTIPLIERS = []
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.STEPS = (30000,)
+_C.SOLVER.POLY_POWER = 0.9
+_C.SOLVER.COSINE_END_LR_FACTOR = 0.0
+_C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
+_C.SOLVER.WARMUP_ITERS = 0
+_C.SOLVER.WARMUP_METHOD = "linear"  # "linear" or "constant"
+_C.SOLVER.IMS_PER_BATCH = 16  # total over all processes
+# When > 0 and the world size differs, scale LR, iterations and batch linearly (Detectron2).
+_C.SOLVER.REFERENCE_WORLD_SIZE = 0
+_C.SOLVER.CHECKPOINT_PERIOD = 5000
+_C.SOLVER.AMP = CN()
+_C.SOLVER.AMP.ENABLED = False
+_C.SOLVER.CLIP_GRADIENTS = CN()
+_C.SOLVER.CLIP_GRADIENTS.ENABLED = False
+_C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"  # "norm" or "value"
+_C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 35.0
+_C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+
+# ---------------------------------------------------------------------------------------------
+# TEST
+# ---------------------------------------------------------------------------------------------
+_C.TEST = CN()
+_C.TEST.EVAL_PERIOD = 0  # 0 = evaluate only at the end
+# Keep model_best.pth by this metric ("" = off), e.g. "sem_seg/mIoU" or "bbox/AP"; mode max/min
+_C.TEST.BEST_CHECKPOINT_METRIC = ""
+_C.TEST.BEST_CHECKPOINT_MODE = "max"
+_C.TEST.DETECTIONS_PER_IMAGE = 100
+# Semantic segmentation inference: "whole" or "slide" (sliding window of CROP_SIZE / STRIDE)
+_C.TEST.SEM_SEG = CN()
+_C.TEST.SEM_SEG.MODE = "whole"
+_C.TEST.SEM_SEG.CROP_SIZE = [512, 512]
+_C.TEST.SEM_SEG.STRIDE = [341, 341]
+_C.TEST.SEM_SEG.FLIP = False
+_C.TEST.SEM_SEG.SCALES = [1.0]
+# Boundary IoU band width as a fraction of the image diagonal (Cheng et al. use 0.02).
+_C.TEST.SEM_SEG.BOUNDARY_DILATION_RATIO = 0.02
+
+# ---------------------------------------------------------------------------------------------
+# Distillation: filled in bcd/distill (see METHODS.md). Empty LOSSES = plain training.
+# ---------------------------------------------------------------------------------------------
+_C.KD = CN()
+# Names of KD_LOSS_REGISTRY entries to turn on, e.g. ["BoundaryDistillation", "ContextDistillation"]
+_C.KD.LOSSES = []
+_C.KD.TEACHER = CN()
+_C.KD.TEACHER.CONFIG_FILE = ""  # the teacher's own config (a student-style config)
+_C.KD.TEACHER.WEIGHTS = ""  # the trained teacher's checkpoint (required when KD.LOSSES is set)
+_C.KD.TEACHER.OPTS = []  # overrides of the teacher config, KEY VALUE pairs
+_C.KD.EVAL_TEACHER = False  # evaluate the teacher before training and put it in kd_report
+# Per-loss options live in KD.<LOSS_KEY> nodes declared by bcd/distill (one node per loss).
+
+# ---------------------------------------------------------------------------------------------
+# Misc
+# ---------------------------------------------------------------------------------------------
+_C.OUTPUT_DIR = "./output"
+# Seed of python / numpy / torch; per-rank seed = SEED + rank. Negative = random seed.
+_C.SEED = 0
+# Deterministic algorithms (torch.use_deterministic_algorithms) for exact resume checks.
+_C.DETERMINISTIC = False
+_C.CUDNN_BENCHMARK = False

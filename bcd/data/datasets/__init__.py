@@ -1,0 +1,40 @@
+"""Dataset registrations: builtin datasets under ``$BCD_DATASETS`` and custom ones from the config.
+
+``register_from_config(cfg)`` registers every entry of ``cfg.DATASETS.CUSTOM`` through the
+function its ``TYPE`` names in ``CUSTOM_DATASET_TYPES``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict
+
+from ..catalog import DatasetCatalog
+
+# TYPE -> function(entry: dict) registering one custom dataset. Filled by the task modules.
+CUSTOM_DATASET_TYPES: Dict[str, Callable[[dict], None]] = {}
+
+
+def get_datasets_root() -> str:
+    """Root of the builtin datasets: ``$BCD_DATASETS``, default ``./datasets``."""
+    return os.path.expanduser(os.environ.get("BCD_DATASETS", "datasets"))
+
+
+def register_from_config(cfg) -> None:
+    """Register the datasets of ``cfg.DATASETS.CUSTOM`` (a list of dicts, see datasets/README.md).
+
+    An entry already registered under the same name is left as it is, so calling this twice
+    (trainer and evaluator) is harmless.
+    """
+    for i, entry in enumerate(cfg.DATASETS.CUSTOM):
+        entry = dict(entry)
+        name, kind = entry.get("NAME"), entry.get("TYPE")
+        if not name or not kind:
+            raise ValueError(f"DATASETS.CUSTOM[{i}] needs NAME and TYPE; got {entry}")
+        if kind not in CUSTOM_DATASET_TYPES:
+            raise ValueError(
+                f"DATASETS.CUSTOM[{i}] ('{name}'): unknown TYPE '{kind}'; known: "
+                f"{', '.join(sorted(CUSTOM_DATASET_TYPES))}"
+            )
+        if name in DatasetCatalog:
+            continue
+        CUSTOM_DATASET_TYPES[kind](entry)

@@ -1,0 +1,79 @@
+"""The padded batch every meta-architecture works on (Detectron2's ``ImageList``, plus targets)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class ImageBatch:
+    """Images normalised and padded to one size, with their targets padded the same way.
+
+    Attributes:
+        tensor: ``B×3×H×W`` float images, normalised, zero-padded at the bottom / right to a
+            multiple of the model's size divisibility.
+        image_sizes: ``(h, w)`` of each image before padding, in pixels of ``tensor``.
+        sem_seg: ``B×H×W`` int64 labels padded with the ignore value, or None.
+        instances: per-image ground truth (detection; ``bcd.structures.Instances``), or None.
+        inputs: the dataset dicts this batch was made from (for ``height`` / ``width``,
+            ``file_name`` ...).
+    """
+
+    tensor: Tensor
+    image_sizes: List[Tuple[int, int]]
+    sem_seg: Optional[Tensor] = None
+    instances: Optional[List[Any]] = None
+    inputs: List[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.tensor.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensor.device
+
+    def valid_mask(self, size: Optional[Tuple[int, int]] = None) -> Tensor:
+        """``B×h×w`` bool: True where a pixel lies inside its image (not padding).
+
+        With ``size`` the mask is given on an ``h×w`` grid covering the padded tensor (a feature
+        map of stride ``H/h``): a cell is valid when its top-left pixel is inside the image.
+        """
+        B, _, H, W = self.tensor.shape
+        h, w = size if size is not None else (H, W)
+        ys = torch.arange(h, device=self.device) * (H / h)
+        xs = torch.arange(w, device=self.device) * (W / w)
+        sizes = torch.tensor(self.image_sizes, device=self.device, dtype=torch.float32)
+        valid_y = ys[None, :] < sizes[:, 0:1]  # B×h
+        valid_x = xs[None, :] < sizes[:, 1:2]  # B×w
+        return valid_y[:, :, None] & valid_x[:, None, :]
+
+
+def pad_to_divisible(
+    tensors: Sequence[Tensor], size_divisibility: int = 0, pad_value: float = 0.0
+) -> Tensor:
+    """Stack ``[..., h_i, w_i]`` tensors into one, padding bottom / right.
+
+    Args:
+        tensors: tensors of equal leading shape and any ``h_i×w_i``.
+        size_divisibility: pad the common ``H×W`` up to a multiple of this (0 or 1: no rounding).
+        pad_value: value of the padded cells (0 for images, the ignore label for labels).
+
+    Returns:
+        ``B×...×H×W`` with ``H = max h_i`` (rounded up) and ``W = max w_i`` (rounded up).
+    """
+    if len(tensors) == 0:
+        raise ValueError("pad_to_divisible() needs at least one tensor")
+    H = max(t.shape[-2] for t in tensors)
+    W = max(t.shape[-1] for t in tensors)
+    if size_divisibility > 1:
+        H = int(math.ceil(H / size_divisibility) * size_divisibility)
+        W = int(math.ceil(W / size_divisibility) * size_divisibility)
+    padded = [
+        F.pad(t, (0, W - t.shape[-1], 0, H - t.shape[-2]), value=pad_value) for t in tensors
+    ]
+    return torch.stack(padded, dim=0)

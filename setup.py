@@ -1,0 +1,34 @@
+#!/usr/bin/env python
+"""Install script of ``bcd``: knowledge distillation for dense prediction."""
+from setuptools import find_packages, setup
+
+# torch / torchvision: the local CPU-only torch wheel on some build machines breaks the
+# registry's torchvision (``operator torchvision::nms does not exist``), so it is excluded by
+# its local label; `constraints.txt` pins the tested pair.
+INSTALL_REQUIRES = [
+    "torch>=2.1,!=2.13.0+cpu",
+    "torchvision>=0.16",
+    "fvcore>=0.1.5.post20221221",
+    "iopath>=0.1.9",
+    "numpy>=1.24,<2.3",  # cityscapesscripts 2.3.0 uses np.in1d (removed in numpy 2.4)
+    "pillow>=9,<13",  # cityscapesscripts saves 32-bit PNGs, refused by Pillow 13
+    "opencv-python-headless>=4.8",
+    "pycocotools>=2.0.7",
+    "cityscapesscripts>=2.2.3",
+    "tensorboard>=2.14",
+    "timm>=0.9",
+    "tabulate",
+    "termcolor",
+    "tqdm",
+    "pyyaml>=6",
+]
+
+setup(
+    name="bcd",
+    version="0.1.0",
+    description="Knowledge distillation for dense prediction (BCD, SKD, APD and baselines)",
+    packages=find_packages(exclude=("tests", "tests.*", "configs", "tools", "datasets")),
+    python_requires=">=3.9",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"dev": ["pytest>=7", "pytest-xdist>=3"]},
+)
