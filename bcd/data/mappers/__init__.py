@@ -1,0 +1,2 @@
+"""Dataset mappers (dataset dict -> model input), registered in ``MAPPER_REGISTRY``."""
+from . import detection, sem_seg  # noqa: F401
