@@ -30,6 +30,7 @@ _C.MODEL.BACKBONE.FREEZE_AT = 0  # freeze stem (1) and the first N-1 stages; 0 =
 _C.MODEL.BACKBONE.NORM = "BN"  # "BN", "SyncBN", "FrozenBN", "GN"
 # Name of a timm model for the "build_timm_backbone" entry (features_only=True).
 _C.MODEL.BACKBONE.TIMM_NAME = ""
+_C.MODEL.BACKBONE.TIMM_OUTPUT_STRIDE = 32  # 8 or 16 for timm models that support dilation
 
 _C.MODEL.RESNETS = CN()
 _C.MODEL.RESNETS.DEPTH = 50  # 18, 34, 50, 101, 152
@@ -104,6 +105,7 @@ _C.MODEL.GFL = CN()
 _C.MODEL.GFL.NUM_CLASSES = 80
 _C.MODEL.GFL.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
 _C.MODEL.GFL.NUM_CONVS = 4
+_C.MODEL.GFL.HEAD_NORM = "GN"  # norm of the head towers (mmdet GFL: GN with 32 groups)
 _C.MODEL.GFL.REG_MAX = 16  # box sides are distributions over REG_MAX + 1 bins
 _C.MODEL.GFL.ANCHOR_SCALE = 8  # one square anchor of size ANCHOR_SCALE * stride per location
 _C.MODEL.GFL.ATSS_TOPK = 9
@@ -191,6 +193,8 @@ _C.SOLVER.IMS_PER_BATCH = 16  # total over all processes
 # When > 0 and the world size differs, scale LR, iterations and batch linearly (Detectron2).
 _C.SOLVER.REFERENCE_WORLD_SIZE = 0
 _C.SOLVER.CHECKPOINT_PERIOD = 5000
+# Write console / metrics.json / TensorBoard every this many iterations (and at the end).
+_C.SOLVER.LOG_PERIOD = 20
 _C.SOLVER.AMP = CN()
 _C.SOLVER.AMP.ENABLED = False
 _C.SOLVER.CLIP_GRADIENTS = CN()
@@ -229,6 +233,25 @@ _C.KD.TEACHER.CONFIG_FILE = ""  # the teacher's own config (a student-style conf
 _C.KD.TEACHER.WEIGHTS = ""  # the trained teacher's checkpoint (required when KD.LOSSES is set)
 _C.KD.TEACHER.OPTS = []  # overrides of the teacher config, KEY VALUE pairs
 _C.KD.EVAL_TEACHER = False  # evaluate the teacher before training and put it in kd_report
+# LR multiplier of every trainable KD module (connectors, HFA, boundary heads, projectors):
+# the Distiller exposes lr_multipliers = {"kd_modules": KD.LR_MULTIPLIER} (METHODS §2.8: x10).
+_C.KD.LR_MULTIPLIER = 10.0
+# Connectors created from the recorded shapes (student -> teacher channels / size).
+_C.KD.CONNECTOR = CN()
+_C.KD.CONNECTOR.NORM = "BN"  # norm after the 1x1 conv: "", "BN", "SyncBN", "GN"
+_C.KD.CONNECTOR.SPATIAL = "interpolate"  # "interpolate" (bilinear) or "pool" (avg when larger)
+# Default weight schedule of every loss whose KD.<LOSS>.SCHEDULE.NAME is "".
+_C.KD.SCHEDULE = CN()
+_C.KD.SCHEDULE.NAME = "constant"  # "constant" or "linear_decay" (BCD Eq. 7: 1 - it/max_iter)
+_C.KD.SCHEDULE.WARMUP_ITERS = 0  # linear warm-up of the weight (0 = none)
+_C.KD.SCHEDULE.STOP_ITER = 0  # weight is 0 from this iteration on (0 = never)
+# (h, w) of the dummy batch of the dry-run forward that records feature shapes at build time.
+_C.KD.SHAPE_PROBE_SIZE = [128, 128]
+# kd_report: OUTPUT_DIR of the same student trained without KD ("" = no baseline column), and
+# of the teacher's run ("" = the folder of KD.TEACHER.WEIGHTS); their metrics.json are read.
+_C.KD.BASELINE_OUTPUT_DIR = ""
+_C.KD.TEACHER_OUTPUT_DIR = ""
+_C.KD.REPORT = True  # write OUTPUT_DIR/kd_report.{md,json} after training
 # Per-loss options live in KD.<LOSS_KEY> nodes declared by bcd/distill (one node per loss).
 
 # ---------------------------------------------------------------------------------------------

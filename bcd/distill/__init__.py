@@ -1,1 +1,27 @@
-"""(filled by its issue)."""
+"""Knowledge distillation core: the ``Distiller`` meta-architecture, feature recorders,
+connectors, weight / temperature schedules and the losses of ``KD_LOSS_REGISTRY``.
+
+Importing this package registers ``"Distiller"`` in ``META_ARCH_REGISTRY`` and every loss of
+``bcd.distill.losses``. See ``docs/internals.md`` ("Distillation") for the loss interface.
+"""
+from .connectors import Connector, align_spatial
+from .distiller import Distiller, build_teacher, load_teacher_weights, teacher_config
+from .losses import KD_LOSS_REGISTRY, DistillLoss, FeatureShape, KDContext
+from .recorder import FeatureRecorder
+from .schedule import TemperatureController, WeightSchedule
+
+__all__ = [
+    "Connector",
+    "Distiller",
+    "DistillLoss",
+    "FeatureRecorder",
+    "FeatureShape",
+    "KDContext",
+    "KD_LOSS_REGISTRY",
+    "TemperatureController",
+    "WeightSchedule",
+    "align_spatial",
+    "build_teacher",
+    "load_teacher_weights",
+    "teacher_config",
+]

@@ -1,4 +1,6 @@
 """Meta-architectures, registered in ``META_ARCH_REGISTRY``."""
 from .build import META_ARCH_REGISTRY, build_model
+from .semantic_seg import SemanticSegmentor
+from . import gfl, retinanet  # noqa: F401  (registers RetinaNet, GFL)
 
-__all__ = ["META_ARCH_REGISTRY", "build_model"]
+__all__ = ["META_ARCH_REGISTRY", "SemanticSegmentor", "build_model"]

@@ -1,0 +1,264 @@
+"""The interface every distillation loss implements (``DistillLoss``) and what it is given.
+
+A loss is one file in ``bcd/distill/losses/``. It
+
+* declares its config node in a module-level ``add_config(cfg)`` (``cfg.KD.<CONFIG_KEY> = CN()``
+  with at least ``WEIGHT``, ``STUDENT_FEATURES``, ``TEACHER_FEATURES`` and a ``SCHEDULE`` node;
+  :func:`add_common_loss_config` adds the common keys); ``get_cfg()`` calls every ``add_config``;
+* registers a ``DistillLoss`` subclass in ``KD_LOSS_REGISTRY`` under the name used in
+  ``cfg.KD.LOSSES`` (e.g. ``"BoundaryDistillation"``);
+* is built once by the ``Distiller`` as
+  ``cls(cfg, student_shapes, teacher_shapes, shared)``:
+
+  - ``student_shapes`` / ``teacher_shapes``: ``Dict[str, FeatureShape]``, the shape of every
+    feature the loss asked for, recorded in one dry-run forward (``Distiller`` builds both models,
+    runs ``extract`` on a small dummy batch of ``KD.SHAPE_PROBE_SIZE`` under ``no_grad`` in eval
+    mode, and records). Channel counts are exact; spatial sizes are those of the probe and only
+    tell the stride (connectors align spatial sizes at run time);
+  - ``shared``: a ``nn.ModuleDict`` owned by the ``Distiller`` in which losses put modules that
+    several losses use (BCD's student HFA feeds both the boundary and the context loss); use
+    :meth:`DistillLoss.shared_module`.
+
+  Every trainable module a loss creates (connectors, adapters, heads) is a submodule of the loss,
+  so it lives under ``Distiller.kd_modules`` and gets ``KD.LR_MULTIPLIER``;
+* ``forward(student_feats, teacher_feats, ctx) -> Dict[str, Tensor]`` returns scalar losses named
+  ``loss_kd_<name>``. ``student_feats`` / ``teacher_feats`` map each configured feature name
+  (``module.path`` or ``module.path[key]``) to the recorded output (a tensor, or whatever the
+  module returns when no key is given). Teacher features are already detached. The entries are
+  *unweighted*: the ``Distiller`` multiplies each by the loss's scheduled weight, except the keys
+  in ``aux_loss_keys`` (e.g. the BCD teacher-head pseudo-affinity loss, which trains only KD
+  modules at its own fixed weight).
+* Losses with an adaptive temperature own :class:`bcd.distill.schedule.TemperatureController`
+  submodules; they call ``controller.observe(...)`` in ``forward`` (no grad) and the Distiller's
+  hook calls ``controller.step()`` after the optimizer step. ``temperatures()`` lists them for
+  logging.
+
+Masks (METHODS §1.2): ``ctx.valid_mask(size)`` is ``B×h×w`` bool, True where a cell is inside its
+image (not padding) and, when labels exist, its label is not the ignore value (nearest
+downsampling of the label to the grid).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bcd.config import CfgNode as CN
+
+__all__ = [
+    "DistillLoss",
+    "as_tensor_feature",
+    "FeatureShape",
+    "KDContext",
+    "add_common_loss_config",
+    "label_valid_mask",
+]
+
+
+@dataclass(frozen=True)
+class FeatureShape:
+    """Shape of one recorded feature in the dry-run forward.
+
+    Attributes:
+        channels: ``C`` of a ``B×C×h×w`` (or ``B×C``) tensor; 0 when the output is not a tensor.
+        height, width: spatial size in the probe (0 for non-spatial outputs).
+        probe_size: ``(H, W)`` of the padded probe input, so that ``stride = H / height``.
+    """
+
+    channels: int
+    height: int = 0
+    width: int = 0
+    probe_size: Tuple[int, int] = (0, 0)
+
+    @property
+    def stride(self) -> float:
+        """Input pixels per feature cell (probe height / feature height); 0 if unknown."""
+        return self.probe_size[0] / self.height if self.height else 0.0
+
+
+def label_valid_mask(
+    sem_seg: Optional[Tensor], padding_valid: Tensor, size: Tuple[int, int], ignore_value: int
+) -> Tensor:
+    """``B×h×w`` bool: inside the image and (when labels are given) label != ignore.
+
+    Args:
+        sem_seg: ``B×H×W`` int64 labels padded with ``ignore_value``, or None.
+        padding_valid: ``B×h×w`` bool, True inside the unpadded image (on the target grid).
+        size: ``(h, w)`` of the target grid.
+        ignore_value: the ignore label.
+    """
+    valid = padding_valid
+    if sem_seg is not None:
+        lab = F.interpolate(sem_seg[:, None].float(), size=size, mode="nearest")[:, 0]
+        valid = valid & (lab != ignore_value)
+    return valid
+
+
+@dataclass
+class KDContext:
+    """Everything a loss may need besides the recorded features, for one training step.
+
+    Attributes:
+        student_batch, teacher_batch: the ``ImageBatch`` each model saw (they differ only by
+            normalisation / padding when the two configs differ).
+        student, teacher: the two models (the teacher is frozen, in eval mode).
+        teacher_outputs: ``teacher.extract(teacher_batch)`` (e.g. ``{"logits": B×K×h×w}``).
+        iteration, max_iter: current iteration (0-based) and ``SOLVER.MAX_ITER``.
+        ignore_value: the label ignored in ``sem_seg`` (``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``).
+        use_label_mask: whether ``valid_mask`` also drops ignore-labelled cells.
+        cache: per-step scratch space shared by the losses (e.g. the student HFA output, so a
+            module shared by two losses runs once per step). Cleared every step.
+    """
+
+    student_batch: Any
+    teacher_batch: Any
+    student: nn.Module
+    teacher: nn.Module
+    teacher_outputs: Dict[str, Any]
+    iteration: int
+    max_iter: int
+    ignore_value: int = 255
+    use_label_mask: bool = True
+    cache: Dict[str, Any] = field(default_factory=dict)
+
+    def valid_mask(self, size: Tuple[int, int], side: str = "student") -> Tensor:
+        """``B×h×w`` bool mask of the cells of an ``h×w`` grid that carry weight (§1.2)."""
+        batch = self.student_batch if side == "student" else self.teacher_batch
+        key = f"valid/{side}/{size[0]}x{size[1]}"
+        if key not in self.cache:
+            pad_valid = batch.valid_mask(size)
+            sem_seg = batch.sem_seg if self.use_label_mask else None
+            self.cache[key] = label_valid_mask(sem_seg, pad_valid, size, self.ignore_value)
+        return self.cache[key]
+
+    def cached(self, key: str, fn: Callable[[], Any]) -> Any:
+        """Compute ``fn()`` once per step under ``key`` (shared work between losses)."""
+        if key not in self.cache:
+            self.cache[key] = fn()
+        return self.cache[key]
+
+
+def add_common_loss_config(
+    node: CN,
+    weight: float,
+    student_features: Sequence[str],
+    teacher_features: Sequence[str],
+    schedule: str = "",
+) -> CN:
+    """Add the keys every loss node has (in place) and return the node.
+
+    Keys: ``WEIGHT`` (λ), ``STUDENT_FEATURES`` / ``TEACHER_FEATURES`` (module paths, see the
+    recorder), ``MASK`` (apply the §1.2 validity mask), ``SCHEDULE.NAME`` (``""`` = use
+    ``KD.SCHEDULE.NAME``; ``"constant"`` or ``"linear_decay"``), ``SCHEDULE.WARMUP_ITERS``,
+    ``SCHEDULE.STOP_ITER`` (0 = never; the weight is 0 from that iteration on).
+    """
+    node.WEIGHT = float(weight)
+    node.STUDENT_FEATURES = list(student_features)
+    node.TEACHER_FEATURES = list(teacher_features)
+    node.MASK = True
+    node.SCHEDULE = CN()
+    node.SCHEDULE.NAME = schedule
+    node.SCHEDULE.WARMUP_ITERS = 0
+    node.SCHEDULE.STOP_ITER = 0
+    return node
+
+
+class DistillLoss(nn.Module):
+    """Base class of the losses in ``KD_LOSS_REGISTRY`` (see the module docstring).
+
+    Subclasses set ``CONFIG_KEY`` (the ``KD.<CONFIG_KEY>`` node) and ``NAME`` (the loss-dict key is
+    ``loss_kd_<NAME>``), and implement ``forward``.
+    """
+
+    CONFIG_KEY: str = ""
+    NAME: str = ""
+
+    def __init__(
+        self,
+        cfg: CN,
+        student_shapes: Dict[str, FeatureShape],
+        teacher_shapes: Dict[str, FeatureShape],
+        shared: Optional[nn.ModuleDict] = None,
+    ) -> None:
+        super().__init__()
+        if not self.CONFIG_KEY or not self.NAME:
+            raise TypeError(f"{type(self).__name__} must set CONFIG_KEY and NAME")
+        self.node = self.config_node(cfg)
+        self.student_shapes = dict(student_shapes)
+        self.teacher_shapes = dict(teacher_shapes)
+        if shared is None:  # stand-alone use: the loss owns its shared modules
+            shared = nn.ModuleDict()
+            self.own_shared = shared
+        # Otherwise not registered as a child: the Distiller owns it (one state_dict path).
+        object.__setattr__(self, "_shared", shared)
+        self.aux_loss_keys: List[str] = []
+
+    # ------------------------------------------------------------------ config helpers
+    @classmethod
+    def config_node(cls, cfg: CN) -> CN:
+        """The ``KD.<CONFIG_KEY>`` node, with a clear error when it was never declared."""
+        if cls.CONFIG_KEY not in cfg.KD:
+            raise KeyError(
+                f"Config node KD.{cls.CONFIG_KEY} of loss {cls.__name__} is missing; "
+                "build the config with bcd.config.get_cfg()"
+            )
+        return cfg.KD[cls.CONFIG_KEY]
+
+    @classmethod
+    def feature_names(cls, cfg: CN) -> Tuple[List[str], List[str]]:
+        """``(student names, teacher names)`` this loss needs recorded."""
+        node = cls.config_node(cfg)
+        s, t = list(node.STUDENT_FEATURES), list(node.TEACHER_FEATURES)
+        if len(s) != len(t):
+            raise ValueError(
+                f"KD.{cls.CONFIG_KEY}.STUDENT_FEATURES ({len(s)} names) and TEACHER_FEATURES "
+                f"({len(t)} names) must pair up one to one"
+            )
+        return s, t
+
+    @property
+    def loss_key(self) -> str:
+        """The key of the main entry in the loss dict: ``loss_kd_<NAME>``."""
+        return f"loss_kd_{self.NAME}"
+
+    @property
+    def student_features(self) -> List[str]:
+        return list(self.node.STUDENT_FEATURES)
+
+    @property
+    def teacher_features(self) -> List[str]:
+        return list(self.node.TEACHER_FEATURES)
+
+    def shared_module(self, key: str, factory: Callable[[], nn.Module]) -> nn.Module:
+        """Get ``shared[key]``, creating it with ``factory()`` the first time.
+
+        Keep the result with ``object.__setattr__`` (not as a child), so that its parameters
+        have one name (``kd_modules.shared.<key>``) in ``state_dict`` and the optimizer.
+        """
+        if key not in self._shared:
+            self._shared[key] = factory()
+        return self._shared[key]
+
+    def temperatures(self) -> Dict[str, Any]:
+        """``{tag: TemperatureController}`` of this loss (for the step hook and logging)."""
+        from ..schedule import TemperatureController
+
+        return {
+            name: m for name, m in self.named_modules() if isinstance(m, TemperatureController)
+        }
+
+    # Subclasses implement forward(student_feats, teacher_feats, ctx) -> Dict[str, Tensor].
+
+
+def as_tensor_feature(value: Any, name: str) -> Tensor:
+    """Check that a recorded feature is a ``B×C×h×w`` tensor, naming the feature otherwise."""
+    if not isinstance(value, torch.Tensor) or value.dim() != 4:
+        desc = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise TypeError(
+            f"Feature '{name}' must be a B×C×h×w tensor for this loss, got {desc}; "
+            "select one entry of a dict/tuple output with 'name[key]'"
+        )
+    return value

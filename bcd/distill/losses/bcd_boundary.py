@@ -1,0 +1,352 @@
+"""BCD boundary distillation ``L_bd`` (METHODS §2.4, ambiguity register §2.10).
+
+Pipeline (both sides, on the ``1/8`` grid of the student's padded input):
+
+1. ``F = HFA(backbone levels)`` (``bcd_hfa.py``); ``s = Conv1x1_{C→1}(F)``: a boundary logit.
+2. Pair boundary by line-max (IRNet's rule): for each displacement ``δ`` of the disk
+   ``0 < |δ|² < r²``, ``B(i, i+δ) = max_{k∈Ω(δ)} s(i+k)`` where ``Ω(δ)`` are the integer offsets of
+   the bounding box of the segment ``0→δ`` at squared perpendicular distance < 1 from it
+   (endpoints included). ``B`` is symmetric; ``|N_5| = 68`` neighbours. ``DOMAIN="logit"`` uses
+   ``B`` of the logit (default); ``"prob"`` uses ``sigmoid(B) = max sigmoid(s)``.
+3. Row-wise spatial softmax over the valid neighbours of each valid source pixel at temperature
+   τ_bd, ``KL(sg(p_T) ‖ p_S)`` averaged over valid rows (``batchmean-over-tokens``), times τ².
+   ``MODE="unary"`` instead takes one spatial softmax over the whole map of ``s``.
+
+Teacher head (A1, ``TEACHER_HEAD``): ``pseudo_affinity`` (default: a teacher HFA + conv trained
+only by IRNet's affinity loss on pair labels from the teacher's own argmax prediction, returned as
+the auxiliary entry ``loss_kd_boundary_teacher_head`` at weight ``PSEUDO_AFFINITY_WEIGHT``, not
+scheduled; ``L_bd`` is stopped at ``B_T``), ``literal_joint`` (teacher head trained by ``L_bd``
+jointly), ``frozen_random`` (random, frozen teacher head), ``shared_stopgrad`` (the student's
+HFA + conv applied to the teacher features, detached; needs equal channels).
+Temperature: adaptive controller (§2.7), statistic = the teacher's row softmax.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bcd.config import CfgNode as CN
+
+from ._functional import add_temperature_config, build_temperature, masked_kl
+from .base import DistillLoss, KDContext, add_common_loss_config, as_tensor_feature
+from .bcd_hfa import HFA, grid_size, student_hfa, student_hfa_key
+from .build import KD_LOSS_REGISTRY
+
+__all__ = [
+    "BoundaryDistillation",
+    "add_config",
+    "disk_directions",
+    "half_plane_directions",
+    "line_max",
+    "line_offsets",
+    "neighbour_valid",
+    "pairwise_boundary_kl",
+    "pseudo_affinity_loss",
+    "shift",
+]
+
+_BACKBONE_LEVELS = ["backbone.res2", "backbone.res3", "backbone.res4", "backbone.res5"]
+_TEACHER_HEADS = ("pseudo_affinity", "literal_joint", "frozen_random", "shared_stopgrad")
+
+
+def add_config(cfg: CN) -> None:
+    """Declare ``KD.BOUNDARY``."""
+    node = add_common_loss_config(CN(), 10.0, _BACKBONE_LEVELS, _BACKBONE_LEVELS, "linear_decay")
+    node.RADIUS = 5  # local disk at 1/8 (A2)
+    node.DOMAIN = "logit"  # "logit" (default, A3) or "prob"
+    node.MODE = "pairwise"  # "pairwise" or "unary" (cheap ablation)
+    node.TEACHER_HEAD = "pseudo_affinity"  # see _TEACHER_HEADS (A1)
+    node.PSEUDO_AFFINITY_WEIGHT = 1.0
+    node.BG_CLASS = 0  # IRNet averages fg / bg same-class pairs separately; -1 = no split
+    add_temperature_config(node, 1.0)
+    cfg.KD.BOUNDARY = node
+
+
+# ---------------------------------------------------------------------------------------------
+# Line-max geometry
+# ---------------------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def half_plane_directions(radius: int) -> Tuple[Tuple[int, int], ...]:
+    """IRNet's half-plane displacements ``(dy, dx)``: ``(0, x>0)`` and ``(y>0, any x)`` in the disk."""
+    out = [(0, x) for x in range(1, radius)]
+    for y in range(1, radius):
+        for x in range(-radius + 1, radius):
+            if x * x + y * y < radius * radius:
+                out.append((y, x))
+    return tuple(out)
+
+
+@lru_cache(maxsize=None)
+def disk_directions(radius: int) -> Tuple[Tuple[int, int], ...]:
+    """All displacements ``0 < dy²+dx² < r²``: the half plane, then its opposites (same order)."""
+    half = half_plane_directions(radius)
+    return half + tuple((-dy, -dx) for dy, dx in half)
+
+
+@lru_cache(maxsize=None)
+def line_offsets(dy: int, dx: int) -> Tuple[Tuple[int, int], ...]:
+    """``Ω(δ)``: integer offsets in the bounding box of ``0→δ`` with squared perpendicular
+    distance < 1 to the line through 0 and δ (endpoints included)."""
+    n2 = dy * dy + dx * dx
+    out = []
+    for y in range(min(0, dy), max(0, dy) + 1):
+        for x in range(min(0, dx), max(0, dx) + 1):
+            cross = y * dx - x * dy
+            if cross * cross < n2:
+                out.append((y, x))
+    return tuple(out)
+
+
+def shift(x: Tensor, dy: int, dx: int, pad_value: float) -> Tensor:
+    """``out[..., i, j] = x[..., i+dy, j+dx]``; positions outside take ``pad_value``."""
+    h, w = x.shape[-2:]
+    p = max(abs(dy), abs(dx))
+    if p == 0:
+        return x
+    xp = F.pad(x, (p, p, p, p), value=pad_value)
+    return xp[..., p + dy : p + dy + h, p + dx : p + dx + w]
+
+
+def line_max(e: Tensor, radius: int, pad_value: float = 0.0) -> Tensor:
+    """Pair boundary ``B(i, i+δ) = max_{k∈Ω(δ)} e(i+k)`` for every δ of the disk.
+
+    Args:
+        e: ``B×1×h×w`` boundary map (logits or probabilities).
+        radius: disk radius r (neighbours with ``0 < |δ|² < r²``).
+        pad_value: value outside the map (such targets are masked by callers).
+
+    Returns:
+        ``B×|N_r|×h×w`` in the order of :func:`disk_directions`.
+    """
+    half = half_plane_directions(radius)
+    needed = sorted({k for d in half for k in line_offsets(*d)})
+    shifted = {k: shift(e, k[0], k[1], pad_value) for k in needed}
+    fwd = []
+    for d in half:
+        offs = line_offsets(*d)
+        m = shifted[offs[0]]
+        for k in offs[1:]:
+            m = torch.maximum(m, shifted[k])
+        fwd.append(m)
+    # B(i, i-δ) = B(i-δ, i) = B_δ(i-δ): shift B_δ by -δ.
+    bwd = [shift(m, -dy, -dx, pad_value) for m, (dy, dx) in zip(fwd, half)]
+    return torch.cat(fwd + bwd, dim=1)
+
+
+def neighbour_valid(valid: Tensor, radius: int) -> Tensor:
+    """``B×|N_r|×h×w`` bool: the target ``i+δ`` of each pair is valid (inside and not ignored)."""
+    v = valid[:, None].float()
+    return torch.cat([shift(v, dy, dx, 0.0) for dy, dx in disk_directions(radius)], dim=1) > 0.5
+
+
+def neighbour_labels(labels: Tensor, radius: int) -> Tensor:
+    """``B×|N_r|×h×w``: the label of the target of each pair (-1 outside)."""
+    l = labels[:, None].float()
+    return torch.cat([shift(l, dy, dx, -1.0) for dy, dx in disk_directions(radius)], dim=1)
+
+
+def pseudo_affinity_loss(
+    pair_logit: Tensor, labels: Tensor, valid: Tensor, radius: int, bg_class: int = 0
+) -> Tensor:
+    """IRNet's affinity loss on line-max boundary logits with pair labels from ``labels``.
+
+    ``y_ij = 1[label_i ≠ label_j]``; ``−log(1−B) = softplus(m)`` averaged over same-class pairs
+    (foreground and background separately, then halved and summed), ``−log B = softplus(−m)``
+    over different-class pairs; total / 2.
+
+    Args:
+        pair_logit: ``B×|N_r|×h×w`` line-max logits ``m``.
+        labels: ``B×h×w`` int class of each cell (the teacher's argmax).
+        valid: ``B×h×w`` bool.
+    """
+    tgt = neighbour_labels(labels, radius)
+    src = labels[:, None].float()
+    pair_valid = valid[:, None] & neighbour_valid(valid, radius)
+    same = (tgt == src) & pair_valid
+    diff = (tgt != src) & pair_valid
+
+    def _mean(x: Tensor, m: Tensor) -> Tensor:
+        return (x * m).sum() / m.sum().clamp_min(1)
+
+    pos = F.softplus(pair_logit)
+    neg = F.softplus(-pair_logit)
+    if bg_class >= 0:
+        is_bg = src == bg_class
+        same_term = 0.5 * (_mean(pos, same & ~is_bg) + _mean(pos, same & is_bg))
+    else:
+        same_term = _mean(pos, same)
+    return 0.5 * (same_term + _mean(neg, diff))
+
+
+def _box_labels(batch: Any, size: Tuple[int, int]) -> Tensor:
+    """Detection pseudo labels on the grid: class+1 of the smallest covering GT box, else 0."""
+    B = len(batch)
+    H, W = batch.tensor.shape[-2:]
+    h, w = size
+    out = torch.zeros(B, h, w, dtype=torch.long, device=batch.device)
+    ys = (torch.arange(h, device=batch.device) + 0.5) * (H / h)
+    xs = (torch.arange(w, device=batch.device) + 0.5) * (W / w)
+    for n, inst in enumerate(batch.instances or []):
+        boxes = inst.gt_boxes.tensor if hasattr(inst.gt_boxes, "tensor") else inst.gt_boxes
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        for i in torch.argsort(area, descending=True).tolist():  # small boxes last: they win
+            x0, y0, x1, y1 = boxes[i].tolist()
+            m = (ys[:, None] >= y0) & (ys[:, None] < y1) & (xs[None] >= x0) & (xs[None] < x1)
+            out[n][m] = int(inst.gt_classes[i]) + 1
+    return out
+
+
+def pairwise_boundary_kl(
+    m_s: Tensor,
+    m_t: Tensor,
+    valid: Tensor,
+    radius: int,
+    tau: float,
+    domain: str = "logit",
+    tau_squared: bool = True,
+    observer: Optional[Any] = None,
+) -> Tensor:
+    """Row KL over the disk neighbours (steps B3-B4).
+
+    Args:
+        m_s, m_t: ``B×|N_r|×h×w`` line-max logits (student, teacher; the teacher's is used as is,
+            callers detach it).
+        valid: ``B×h×w`` bool (sources and targets).
+        radius: r of the disk.
+        tau: temperature.
+        domain: ``"logit"`` or ``"prob"`` (sigmoid of the line-max logit).
+        tau_squared: multiply by τ².
+        observer: a ``TemperatureController`` fed with the teacher rows, or None.
+    Returns:
+        scalar ``τ² · mean_{valid rows} KL(p_T ‖ p_S)``.
+    """
+    col = neighbour_valid(valid, radius)
+    rows = valid & col.any(dim=1)
+    to_domain = torch.sigmoid if domain == "prob" else (lambda x: x)
+    b_t = to_domain(m_t.float())
+    b_s = to_domain(m_s.float())
+    if observer is not None:
+        observer.observe(b_t.detach().masked_fill(~col, float("-inf")), rows, dim=1)
+    kl = masked_kl(b_t / tau, b_s / tau, col, dim=1)
+    loss = (kl * rows).sum() / rows.sum().clamp_min(1)
+    return loss * (tau * tau if tau_squared else 1.0)
+
+
+@KD_LOSS_REGISTRY.register()
+class BoundaryDistillation(DistillLoss):
+    """BCD boundary distillation (module docstring); entry ``loss_kd_boundary``."""
+
+    CONFIG_KEY = "BOUNDARY"
+    NAME = "boundary"
+
+    def __init__(self, cfg, student_shapes, teacher_shapes, shared=None) -> None:
+        super().__init__(cfg, student_shapes, teacher_shapes, shared)
+        node = self.node
+        if node.TEACHER_HEAD not in _TEACHER_HEADS:
+            raise ValueError(f"KD.BOUNDARY.TEACHER_HEAD '{node.TEACHER_HEAD}' not in {_TEACHER_HEADS}")
+        if node.DOMAIN not in ("logit", "prob") or node.MODE not in ("pairwise", "unary"):
+            raise ValueError("KD.BOUNDARY.DOMAIN must be logit|prob and MODE pairwise|unary")
+        s_ch = [student_shapes[n].channels for n in self.student_features]
+        t_ch = [teacher_shapes[n].channels for n in self.teacher_features]
+        self.stride = int(cfg.KD.BCD_HFA.STRIDE)
+        self.radius = int(node.RADIUS)
+        # shared with the other BCD loss; registered once, in the Distiller's shared dict
+        object.__setattr__(self, "hfa_s", student_hfa(self, cfg, self.student_features, s_ch))
+        self.conv_s = nn.Conv2d(self.hfa_s.out_channels, 1, 1)
+        self.head = node.TEACHER_HEAD
+        if self.head == "shared_stopgrad":
+            if s_ch != t_ch:
+                raise ValueError(
+                    f"KD.BOUNDARY.TEACHER_HEAD shared_stopgrad needs equal channels, got {s_ch} vs {t_ch}"
+                )
+            self.hfa_t: Optional[nn.Module] = None
+            self.conv_t: Optional[nn.Module] = None
+        else:
+            self.hfa_t = HFA(t_ch, cfg.KD.BCD_HFA.DIM, cfg.KD.BCD_HFA.NORM)
+            self.conv_t = nn.Conv2d(self.hfa_t.out_channels, 1, 1)
+            if self.head == "frozen_random":
+                self.hfa_t.requires_grad_(False)
+                self.conv_t.requires_grad_(False)
+        self.temperature = build_temperature(node)
+        if self.head == "pseudo_affinity":
+            self.aux_loss_keys = [self.loss_key + "_teacher_head"]
+
+    def train(self, mode: bool = True) -> "BoundaryDistillation":
+        super().train(mode)
+        if self.head == "frozen_random" and self.hfa_t is not None:
+            self.hfa_t.eval()  # frozen: BN keeps its initial (identity) statistics
+        return self
+
+    def _teacher_logit(self, t_feats: List[Tensor], size: Tuple[int, int]) -> Tensor:
+        if self.head == "shared_stopgrad":
+            with torch.no_grad():
+                return self.conv_s(self.hfa_s(t_feats, size))
+        return self.conv_t(self.hfa_t(t_feats, size))
+
+    def forward(self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any], ctx: KDContext):
+        s_list = [as_tensor_feature(student_feats[n], n) for n in self.student_features]
+        t_list = [as_tensor_feature(teacher_feats[n], n) for n in self.teacher_features]
+        size = grid_size(ctx.student_batch.tensor.shape[-2:], self.stride)
+        f_s = ctx.cached(student_hfa_key(self.student_features), lambda: self.hfa_s(s_list, size))
+        s_logit = self.conv_s(f_s)
+        t_logit = self._teacher_logit(t_list, size)
+        valid = ctx.valid_mask(size) if self.node.MASK else torch.ones_like(s_logit[:, 0], dtype=torch.bool)
+        tau = self.temperature.value
+        out: Dict[str, Tensor] = {}
+        t_for_kd = t_logit if self.head == "literal_joint" else t_logit.detach()
+        if self.node.MODE == "unary":
+            kd = self.unary_kd(s_logit, t_for_kd, valid, tau)
+        else:
+            m_s = line_max(s_logit, self.radius, -1e4)
+            m_t = line_max(t_logit, self.radius, -1e4)
+            m_t_kd = m_t if self.head == "literal_joint" else m_t.detach()
+            kd = self.pairwise_kd(m_s, m_t_kd, valid, tau)
+            if self.head == "pseudo_affinity":
+                labels = self._pseudo_labels(ctx, size)
+                out[self.aux_loss_keys[0]] = self.node.PSEUDO_AFFINITY_WEIGHT * pseudo_affinity_loss(
+                    m_t, labels, valid, self.radius, int(self.node.BG_CLASS)
+                )
+        out[self.loss_key] = kd
+        if self.head == "pseudo_affinity" and self.node.MODE == "unary":
+            labels = self._pseudo_labels(ctx, size)
+            m_t = line_max(t_logit, self.radius, -1e4)
+            out[self.aux_loss_keys[0]] = self.node.PSEUDO_AFFINITY_WEIGHT * pseudo_affinity_loss(
+                m_t, labels, valid, self.radius, int(self.node.BG_CLASS)
+            )
+        return out
+
+    def _pseudo_labels(self, ctx: KDContext, size: Tuple[int, int]) -> Tensor:
+        logits = ctx.teacher_outputs.get("logits") if isinstance(ctx.teacher_outputs, dict) else None
+        if isinstance(logits, Tensor) and logits.dim() == 4:
+            return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False).argmax(1)
+        if ctx.teacher_batch.instances is not None:
+            return _box_labels(ctx.teacher_batch, size)
+        raise ValueError(
+            "KD.BOUNDARY.TEACHER_HEAD pseudo_affinity needs teacher 'logits' (segmentation) or GT "
+            "instances (detection); choose another TEACHER_HEAD"
+        )
+
+    def _domain(self, m: Tensor) -> Tensor:
+        return torch.sigmoid(m) if self.node.DOMAIN == "prob" else m
+
+    def pairwise_kd(self, m_s: Tensor, m_t: Tensor, valid: Tensor, tau: float) -> Tensor:
+        """:func:`pairwise_boundary_kl` with this loss's radius, domain, τ² flag and controller."""
+        return pairwise_boundary_kl(
+            m_s, m_t, valid, self.radius, tau, self.node.DOMAIN, bool(self.node.TAU_SQUARED), self.temperature
+        )
+
+    def unary_kd(self, s: Tensor, t: Tensor, valid: Tensor, tau: float) -> Tensor:
+        """One spatial softmax per image over the ``h×w`` map (``bd_mode=unary``)."""
+        B = s.shape[0]
+        vs = valid.reshape(B, -1)
+        b_t = self._domain(t.float()).reshape(B, -1) / tau
+        b_s = self._domain(s.float()).reshape(B, -1) / tau
+        self.temperature.observe(b_t.detach().masked_fill(~vs, float("-inf")) * tau, vs.any(1), dim=1)
+        kl = masked_kl(b_t, b_s, vs, dim=1)
+        keep = vs.any(1)
+        loss = (kl * keep).sum() / keep.sum().clamp_min(1)
+        return loss * (tau * tau if self.node.TAU_SQUARED else 1.0)

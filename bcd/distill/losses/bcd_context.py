@@ -1,0 +1,191 @@
+"""BCD context distillation ``L_cd`` (METHODS §2.5, §2.10 A1/A5).
+
+* Student: the shared student HFA output ``F_S`` (``bcd_hfa.py``), token-capped, then
+  ``φ_S = BN(Conv1x1_{C_S→C_T}(·))``. Teacher (``TEACHER_HEAD``): ``fixed_projection`` (default,
+  parameter-free standardise + fixed orthogonal projection), ``literal_joint`` (a trainable
+  teacher HFA trained by ``L_cd``), ``frozen_random`` (a random frozen teacher HFA),
+  ``shared_stopgrad`` (the student HFA on teacher features, detached; equal channels).
+* Token cap: when ``N = h·w > TOKEN_CAP``, both maps are average-pooled by the smallest integer
+  stride ``s`` with ``⌈h/s⌉·⌈w/s⌉ ≤ TOKEN_CAP`` before ``φ`` (a pooled cell is valid when any of
+  its cells is).
+* Relation ``R = softmax_row(X Xᵀ / √C / τ)`` of the ``B×N×C`` tokens, in fp32, invalid columns at
+  ``-inf``, invalid rows dropped; loss ``τ² · mean_{valid rows} KL(sg(R_T[i]) ‖ R_S[i])``.
+* Row chunking: rows are processed ``CHUNK`` at a time against all keys, so the peak memory of
+  one chunk is ``O(B·CHUNK·N)``; with ``CHECKPOINT`` each chunk's activations are recomputed in
+  the backward (``torch.utils.checkpoint``) instead of kept, so the whole loss stays
+  ``O(B·CHUNK·N)``. The result equals the unchunked computation.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from bcd.config import CfgNode as CN
+
+from ._functional import add_temperature_config, build_temperature, masked_kl
+from .base import DistillLoss, KDContext, add_common_loss_config, as_tensor_feature
+from .bcd_hfa import HFA, FixedProjectionHFA, grid_size, student_hfa, student_hfa_key
+from .build import KD_LOSS_REGISTRY
+
+__all__ = ["ContextDistillation", "add_config", "cap_tokens", "relation_kl"]
+
+_BACKBONE_LEVELS = ["backbone.res2", "backbone.res3", "backbone.res4", "backbone.res5"]
+_TEACHER_HEADS = ("fixed_projection", "literal_joint", "frozen_random", "shared_stopgrad")
+
+
+def add_config(cfg: CN) -> None:
+    """Declare ``KD.CONTEXT``."""
+    node = add_common_loss_config(CN(), 50.0, _BACKBONE_LEVELS, _BACKBONE_LEVELS, "linear_decay")
+    node.TEACHER_HEAD = "fixed_projection"
+    node.PROJECTION_SEED = 0
+    node.TOKEN_CAP = 4096  # N_max
+    node.CHUNK = 1024  # query rows per chunk (<= 0: no chunking)
+    node.CHECKPOINT = True  # recompute each chunk in the backward (bounded memory)
+    add_temperature_config(node, 1.0)
+    cfg.KD.CONTEXT = node
+
+
+def cap_tokens(x: Tensor, valid: Tensor, cap: int) -> Tuple[Tensor, Tensor]:
+    """Average-pool ``B×C×h×w`` (and max-pool the ``B×h×w`` mask) so that ``h·w ≤ cap``."""
+    h, w = x.shape[-2:]
+    if cap <= 0 or h * w <= cap:
+        return x, valid
+    s = max(1, int(math.floor(math.sqrt(h * w / cap))))
+    while math.ceil(h / s) * math.ceil(w / s) > cap:
+        s += 1
+    xp = F.avg_pool2d(x, s, s, ceil_mode=True)
+    vp = F.max_pool2d(valid[:, None].float(), s, s, ceil_mode=True)[:, 0] > 0.5
+    return xp, vp
+
+
+def _chunk_kl(q_s: Tensor, k_s: Tensor, q_t: Tensor, k_t: Tensor, col: Tensor, scale: float) -> Tensor:
+    """Per-row KL of one chunk: ``B×n`` (rows ``q``, all keys ``k``)."""
+    a_s = torch.bmm(q_s, k_s.transpose(1, 2)) * scale
+    a_t = torch.bmm(q_t, k_t.transpose(1, 2)) * scale
+    return masked_kl(a_t, a_s, col[:, None, :], dim=2)
+
+
+def relation_kl(
+    x_s: Tensor,
+    x_t: Tensor,
+    valid: Tensor,
+    tau: float,
+    chunk: int = 0,
+    use_checkpoint: bool = False,
+    observer: Optional[Any] = None,
+) -> Tensor:
+    """Mean over valid rows of ``KL(softmax(A_T[i]/τ) ‖ softmax(A_S[i]/τ))``, ``A = X Xᵀ/√C``.
+
+    Args:
+        x_s, x_t: ``B×N×C`` student / teacher tokens (same C).
+        valid: ``B×N`` bool (invalid tokens are neither rows nor columns).
+        tau: temperature (no τ² here).
+        chunk: rows per chunk (≤ 0 or ≥ N: one chunk).
+        use_checkpoint: recompute each chunk in the backward.
+        observer: a ``TemperatureController`` fed with the teacher rows (``observe``), or None.
+    """
+    x_s = x_s.float()
+    x_t = x_t.float().detach()
+    B, N, C = x_s.shape
+    scale = 1.0 / (math.sqrt(C) * tau)
+    chunk = N if chunk <= 0 else min(chunk, N)
+    total = x_s.new_zeros(())
+    for a in range(0, N, chunk):
+        b = min(N, a + chunk)
+        rows = valid[:, a:b]
+        if not bool(rows.any()):
+            continue
+        args = (x_s[:, a:b], x_s, x_t[:, a:b], x_t, valid, scale)
+        if use_checkpoint and torch.is_grad_enabled() and x_s.requires_grad:
+            kl = checkpoint(_chunk_kl, *args, use_reentrant=False)
+        else:
+            kl = _chunk_kl(*args)
+        total = total + (kl * rows).sum()
+        if observer is not None:
+            with torch.no_grad():
+                a_t = torch.bmm(x_t[:, a:b], x_t.transpose(1, 2)) / math.sqrt(C)
+                observer.observe(a_t.masked_fill(~valid[:, None, :], float("-inf")), rows, dim=2)
+    return total / valid.sum().clamp_min(1)
+
+
+@KD_LOSS_REGISTRY.register()
+class ContextDistillation(DistillLoss):
+    """BCD context distillation (module docstring); entry ``loss_kd_context``."""
+
+    CONFIG_KEY = "CONTEXT"
+    NAME = "context"
+
+    def __init__(self, cfg, student_shapes, teacher_shapes, shared=None) -> None:
+        super().__init__(cfg, student_shapes, teacher_shapes, shared)
+        node = self.node
+        if node.TEACHER_HEAD not in _TEACHER_HEADS:
+            raise ValueError(f"KD.CONTEXT.TEACHER_HEAD '{node.TEACHER_HEAD}' not in {_TEACHER_HEADS}")
+        s_ch = [student_shapes[n].channels for n in self.student_features]
+        t_ch = [teacher_shapes[n].channels for n in self.teacher_features]
+        dim = int(cfg.KD.BCD_HFA.DIM)
+        self.stride = int(cfg.KD.BCD_HFA.STRIDE)
+        self.head = node.TEACHER_HEAD
+        # shared with the other BCD loss; registered once, in the Distiller's shared dict
+        object.__setattr__(self, "hfa_s", student_hfa(self, cfg, self.student_features, s_ch))
+        if self.head == "fixed_projection":
+            self.hfa_t: Optional[nn.Module] = FixedProjectionHFA(t_ch, dim, node.PROJECTION_SEED)
+        elif self.head in ("literal_joint", "frozen_random"):
+            self.hfa_t = HFA(t_ch, dim, cfg.KD.BCD_HFA.NORM)
+            if self.head == "frozen_random":
+                self.hfa_t.requires_grad_(False)
+        else:
+            if s_ch != t_ch:
+                raise ValueError(
+                    f"KD.CONTEXT.TEACHER_HEAD shared_stopgrad needs equal channels, got {s_ch} vs {t_ch}"
+                )
+            self.hfa_t = None
+        c_t = self.hfa_t.out_channels if self.hfa_t is not None else self.hfa_s.out_channels
+        self.phi_s = nn.Sequential(nn.Conv2d(self.hfa_s.out_channels, c_t, 1, bias=False), nn.BatchNorm2d(c_t))
+        self.temperature = build_temperature(node)
+
+    def train(self, mode: bool = True) -> "ContextDistillation":
+        super().train(mode)
+        if self.head == "frozen_random" and self.hfa_t is not None:
+            self.hfa_t.eval()
+        return self
+
+    def forward(self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any], ctx: KDContext):
+        s_list = [as_tensor_feature(student_feats[n], n) for n in self.student_features]
+        t_list = [as_tensor_feature(teacher_feats[n], n) for n in self.teacher_features]
+        size = grid_size(ctx.student_batch.tensor.shape[-2:], self.stride)
+        f_s = ctx.cached(student_hfa_key(self.student_features), lambda: self.hfa_s(s_list, size))
+        if self.hfa_t is None:
+            with torch.no_grad():
+                f_t = self.hfa_s(t_list, size)
+        else:
+            f_t = self.hfa_t(t_list, size)
+        if self.head != "literal_joint":
+            f_t = f_t.detach()
+        valid = ctx.valid_mask(size) if self.node.MASK else torch.ones_like(f_s[:, 0], dtype=torch.bool)
+        f_s, valid_c = cap_tokens(f_s, valid, int(self.node.TOKEN_CAP))
+        f_t, _ = cap_tokens(f_t, valid, int(self.node.TOKEN_CAP))
+        z_s = self.phi_s(f_s)
+        x_s = z_s.flatten(2).transpose(1, 2)
+        x_t = f_t.flatten(2).transpose(1, 2)
+        tau = self.temperature.value
+        if self.head == "literal_joint":
+            loss = self._joint(x_s, x_t, valid_c.flatten(1), tau)
+        else:
+            loss = relation_kl(
+                x_s, x_t, valid_c.flatten(1), tau, int(self.node.CHUNK), bool(self.node.CHECKPOINT),
+                observer=self.temperature,
+            )
+        return {self.loss_key: loss * (tau * tau if self.node.TAU_SQUARED else 1.0)}
+
+    def _joint(self, x_s: Tensor, x_t: Tensor, valid: Tensor, tau: float) -> Tensor:
+        """``literal_joint``: the teacher side keeps its gradient (unchunked)."""
+        C = x_s.shape[-1]
+        a_s = torch.bmm(x_s.float(), x_s.float().transpose(1, 2)) / (math.sqrt(C) * tau)
+        a_t = torch.bmm(x_t.float(), x_t.float().transpose(1, 2)) / (math.sqrt(C) * tau)
+        kl = masked_kl(a_t, a_s, valid[:, None, :], dim=2)
+        return (kl * valid).sum() / valid.sum().clamp_min(1)

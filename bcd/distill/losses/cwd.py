@@ -1,0 +1,72 @@
+"""Channel-wise distillation, CWD (Shu et al., ICCV 2021; METHODS §5.2).
+
+For each channel ``c``: ``φ(Y_{n,c}) = softmax_{h·w}(Y_{n,c}/τ)``;
+``L = τ²/(B·C) Σ_{n,c} KL(φ(Y^T_{n,c}) ‖ φ(Y^S_{n,c}))`` (``sum/(N·C)``). A 1×1 conv connector
+(no bias, ``CONNECTOR_NORM``) maps student channels to the teacher's only when they differ; the
+student map is resized to the teacher's. With ``MASK`` the spatial softmax runs over valid cells
+only (METHODS §1.2; mmrazor / CIRKD do not mask: ``MASK False``). Several feature pairs are
+averaged. Defaults: CIRKD segmentation logits, τ = 4, λ = 3.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+from torch import Tensor, nn
+
+from bcd.config import CfgNode as CN
+
+from ..connectors import Connector
+from ._functional import masked_kl
+from .base import DistillLoss, KDContext, add_common_loss_config, as_tensor_feature
+from .build import KD_LOSS_REGISTRY
+
+__all__ = ["ChannelWiseDistillation", "add_config", "cwd_loss"]
+
+
+def add_config(cfg: CN) -> None:
+    """Declare ``KD.CWD``."""
+    node = add_common_loss_config(CN(), 3.0, ["sem_seg_head.predictor"], ["sem_seg_head.predictor"])
+    node.TEMPERATURE = 4.0
+    node.CONNECTOR_NORM = ""  # CIRKD: plain 1x1 conv
+    cfg.KD.CWD = node
+
+
+def cwd_loss(s: Tensor, t: Tensor, valid: Tensor, tau: float) -> Tensor:
+    """``τ²/(B·C) Σ KL`` of per-channel spatial softmaxes.
+
+    Args:
+        s, t: ``B×C×h×w`` (same shape).
+        valid: ``B×h×w`` bool.
+    """
+    B, C = s.shape[:2]
+    m = valid.reshape(B, 1, -1)
+    kl = masked_kl(t.detach().reshape(B, C, -1) / tau, s.reshape(B, C, -1) / tau, m, dim=2)
+    return kl.sum() / (B * C) * tau * tau
+
+
+@KD_LOSS_REGISTRY.register()
+class ChannelWiseDistillation(DistillLoss):
+    """CWD; entry ``loss_kd_cwd``."""
+
+    CONFIG_KEY = "CWD"
+    NAME = "cwd"
+
+    def __init__(self, cfg, student_shapes, teacher_shapes, shared=None) -> None:
+        super().__init__(cfg, student_shapes, teacher_shapes, shared)
+        self.connectors = nn.ModuleList(
+            Connector(student_shapes[sn].channels, teacher_shapes[tn].channels, self.node.CONNECTOR_NORM,
+                      cfg.KD.CONNECTOR.SPATIAL)
+            for sn, tn in zip(self.student_features, self.teacher_features)
+        )
+
+    def forward(self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any], ctx: KDContext):
+        total = 0.0
+        for conn, sn, tn in zip(self.connectors, self.student_features, self.teacher_features):
+            t = as_tensor_feature(teacher_feats[tn], tn)
+            s = conn(as_tensor_feature(student_feats[sn], sn), tuple(t.shape[-2:]))
+            valid = ctx.valid_mask(tuple(t.shape[-2:])) if self.node.MASK else torch.ones_like(
+                t[:, 0], dtype=torch.bool
+            )
+            total = total + cwd_loss(s, t, valid, float(self.node.TEMPERATURE))
+        return {self.loss_key: total / len(self.connectors)}

@@ -1,0 +1,212 @@
+"""``Checkpointer``: fvcore's checkpointer with atomic writes and strict, explained loading.
+
+* Files are written to a temporary name in the same directory, flushed to disk, then renamed
+  (``os.replace`` is atomic on POSIX), so a crash never leaves a truncated ``model_*.pth``;
+  ``last_checkpoint`` is rewritten the same way and only after the checkpoint is complete.
+* Loading a state dict that does not fit the model (missing or unexpected keys, shape
+  mismatches) raises ``ValueError`` naming the file and the first offending keys, instead of
+  fvcore's warning. A file holding the deployed model only (``model_final.pth`` of a
+  distillation run: the student) loads into a model whose ``deploy_model()`` it fits.
+* Checkpoints are pickles (they hold optimizer and hook states): load only files you trust.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any, Dict, List, Optional
+
+import torch
+from fvcore.common.checkpoint import Checkpointer as _FvCheckpointer
+from torch import nn
+
+from ..utils import comm
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Checkpointer", "atomic_torch_save", "deploy_model"]
+
+
+def deploy_model(model: nn.Module) -> nn.Module:
+    """The part of ``model`` that is deployed: ``model.deploy_model()`` when defined (the
+    Distiller returns its student), else ``model`` itself."""
+    fn = getattr(model, "deploy_model", None)
+    return fn() if callable(fn) else model
+
+
+def _atomic_write(path: str, write_fn) -> None:
+    """Write ``path`` through ``write_fn(file)`` into a temporary file, fsync, then rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # some file systems do not allow fsync on a directory
+        pass
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+class Checkpointer(_FvCheckpointer):
+    """fvcore ``Checkpointer`` with atomic saves and strict loading (see the module doc).
+
+    Args:
+        model: the unwrapped model (not DDP).
+        save_dir: where checkpoints and ``last_checkpoint`` go.
+        save_to_disk: default: only the main process writes.
+        **checkpointables: objects with ``state_dict`` / ``load_state_dict`` saved beside the
+            model (optimizer, scheduler, grad scaler ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        save_to_disk: Optional[bool] = None,
+        **checkpointables: Any,
+    ) -> None:
+        if save_to_disk is None:
+            save_to_disk = comm.is_main_process()
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self._loading_path = ""
+
+    # ------------------------------------------------------------------ saving
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Write ``{save_dir}/{name}.pth`` with the model, the checkpointables and ``kwargs``,
+        then point ``last_checkpoint`` at it."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data: Dict[str, Any] = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        path = self._path_for(name)
+        self.logger.info(f"Saving checkpoint to {path}")
+        atomic_torch_save(data, path)
+        self.tag_last_checkpoint(os.path.basename(path))
+
+    def save_model_only(self, name: str, **kwargs: Any) -> None:
+        """Write ``{save_dir}/{name}.pth`` = ``{"model": deploy_model(model).state_dict()}``
+        (plus ``kwargs``) without touching ``last_checkpoint``: the deployable weights."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data: Dict[str, Any] = {"model": deploy_model(self.model).state_dict()}
+        data.update(kwargs)
+        path = self._path_for(name)
+        self.logger.info(f"Saving model weights to {path}")
+        atomic_torch_save(data, path)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        _atomic_write(path, lambda f: f.write(last_filename_basename.encode("utf-8")))
+
+    def _path_for(self, name: str) -> str:
+        basename = f"{name}.pth"
+        if os.path.basename(basename) != basename:
+            raise ValueError(f"Checkpoint name must be a plain file name; got '{name}'")
+        return os.path.join(self.save_dir, basename)
+
+    # ------------------------------------------------------------------ loading
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        """Load the model (strictly) and the checkpointables from ``path``.
+
+        Returns:
+            The remaining data of the file (``iteration``, ``hooks`` ...).
+
+        Raises:
+            FileNotFoundError: naming ``path`` when it does not exist.
+            ValueError: naming ``path`` and the keys when the weights do not fit the model.
+        """
+        if path and not os.path.isfile(path):
+            local = self.path_manager.get_local_path(path)
+            if not os.path.isfile(local):
+                raise FileNotFoundError(f"Checkpoint file not found: {path}")
+            path = local
+        self._loading_path = path
+        return super().load(path, checkpointables=checkpointables)
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        try:
+            # Full checkpoints hold optimizer / hook states (python objects), hence not
+            # weights_only; see the module docstring.
+            loaded = torch.load(filename, map_location=torch.device("cpu"), weights_only=False)
+        except Exception as e:
+            raise ValueError(f"Cannot read checkpoint file {filename}: {type(e).__name__}: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ValueError(
+                f"Checkpoint file {filename} holds a {type(loaded).__name__}, not a dict"
+            )
+        if "model" not in loaded:
+            if loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+                loaded = {"model": loaded}  # a bare state dict
+            else:
+                raise ValueError(
+                    f"Checkpoint file {filename} has no 'model' entry (keys: "
+                    f"{sorted(loaded)[:10]})"
+                )
+        return loaded
+
+    def _load_model(self, checkpoint: Dict[str, Any]) -> None:
+        state = dict(checkpoint.pop("model"))
+        # Weights saved from a DDP-wrapped model carry the "module." prefix.
+        if state and all(k.startswith("module.") for k in state):
+            state = {k[len("module."):]: v for k, v in state.items()}
+        for k, v in list(state.items()):  # numpy arrays (e.g. converted weights) -> tensors
+            if not isinstance(v, torch.Tensor) and hasattr(v, "__array__"):
+                state[k] = torch.as_tensor(v)
+
+        candidates = [("model", self.model)]
+        deployed = deploy_model(self.model)
+        if deployed is not self.model:
+            candidates.append(("deploy_model()", deployed))
+        problems = {}
+        for label, target in candidates:
+            problems[label] = _mismatch(target.state_dict(), state)
+            if not problems[label]:
+                target.load_state_dict(state, strict=True)
+                if label != "model":
+                    logger.info(f"Loaded {self._loading_path} into the model's {label}")
+                return None
+        lines = "\n  ".join(f"into the {label}: {msg}" for label, msg in problems.items())
+        raise ValueError(
+            f"The weights in {self._loading_path} do not fit {type(self.model).__name__}:\n  "
+            f"{lines}"
+        )
+
+
+def _mismatch(model_state: Dict[str, torch.Tensor], ckpt_state: Dict[str, Any], n: int = 5) -> str:
+    """A description of the first ``n`` missing / unexpected / mis-shaped keys ('' if none)."""
+    missing = [k for k in model_state if k not in ckpt_state]
+    unexpected = [k for k in ckpt_state if k not in model_state]
+    shapes = [
+        f"{k} (checkpoint {tuple(ckpt_state[k].shape)}, model {tuple(v.shape)})"
+        for k, v in model_state.items()
+        if k in ckpt_state and isinstance(ckpt_state[k], torch.Tensor)
+        and tuple(ckpt_state[k].shape) != tuple(v.shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:n])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:n])})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches (first: {'; '.join(shapes[:n])})")
+    return "; ".join(parts)

@@ -1,0 +1,172 @@
+"""``launch``: run a function in one process per GPU (NCCL), per CPU process (Gloo), on several
+machines (``--dist-url``), or inside processes started by ``torchrun``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import timedelta
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ..utils import comm
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_TIMEOUT", "launch", "find_free_port", "started_by_torchrun"]
+
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+def find_free_port() -> int:
+    """A TCP port free on this machine now (for single-machine ``dist_url="auto"``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def started_by_torchrun() -> bool:
+    """True when ``torchrun`` (or another launcher) set ``RANK`` / ``WORLD_SIZE`` /
+    ``LOCAL_RANK`` / ``MASTER_ADDR`` for this process."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
+
+
+def _backend(use_cuda: bool) -> str:
+    return "nccl" if use_cuda else "gloo"
+
+
+def launch(
+    main_func: Callable[..., Any],
+    num_gpus_per_machine: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: Optional[str] = None,
+    args: Tuple = (),
+    timeout: timedelta = DEFAULT_TIMEOUT,
+) -> Any:
+    """Run ``main_func(*args)`` in every process of the job.
+
+    * Under ``torchrun`` (``RANK`` etc. in the environment) this process joins the group given
+      by the environment (``env://``) and runs ``main_func``; the other arguments are ignored.
+    * Else, with ``num_machines * num_gpus_per_machine > 1``, it starts ``num_gpus_per_machine``
+      processes on this machine (spawn) with global ranks ``machine_rank * num_gpus_per_machine
+      + i``. With CUDA they use NCCL and one GPU each; without CUDA (or with fewer GPUs than
+      asked) they run on the CPU with Gloo, so multi-process training is testable on CPU.
+    * Else ``main_func`` runs in this process, without a process group.
+
+    Args:
+        main_func: a function picklable by reference (defined at module level).
+        num_gpus_per_machine: processes per machine (``--num-gpus``).
+        num_machines, machine_rank: ``--num-machines``, ``--machine-rank``.
+        dist_url: ``tcp://host:port`` of machine 0, reachable from every machine; ``"auto"``
+            picks a free local port (one machine only).
+        args: arguments of ``main_func``.
+        timeout: timeout of collective operations.
+
+    Returns:
+        ``main_func``'s return value when it runs in this process (single process or torchrun);
+        None after spawning.
+    """
+    if started_by_torchrun():
+        return _run_under_torchrun(main_func, args, timeout)
+
+    world_size = num_machines * num_gpus_per_machine
+    if world_size <= 1:
+        return main_func(*args)
+
+    if dist_url is None or dist_url == "auto":
+        if num_machines != 1:
+            raise ValueError(
+                "dist_url='auto' only works on one machine; give --dist-url tcp://host:port "
+                "of machine 0 for several machines"
+            )
+        dist_url = f"tcp://127.0.0.1:{find_free_port()}"
+    if num_machines > 1 and dist_url.startswith("file://"):
+        logger.warning("file:// init may be unreliable across machines; prefer tcp://")
+
+    use_cuda = torch.cuda.is_available() and torch.cuda.device_count() >= num_gpus_per_machine
+    if not use_cuda:
+        logging.getLogger("bcd").warning(
+            f"{num_gpus_per_machine} processes requested but "
+            f"{torch.cuda.device_count()} CUDA devices are available: running "
+            f"{num_gpus_per_machine} CPU processes with Gloo"
+        )
+    mp.start_processes(
+        _distributed_worker,
+        nprocs=num_gpus_per_machine,
+        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args,
+              timeout, use_cuda),
+        daemon=False,
+        start_method="spawn",
+    )
+    return None
+
+
+def _set_local_group(num_per_machine: int, num_machines: int, machine_rank: int) -> None:
+    """Create one process group per machine (every rank must create all of them)."""
+    for i in range(num_machines):
+        ranks = list(range(i * num_per_machine, (i + 1) * num_per_machine))
+        group = dist.new_group(ranks)
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+    comm._LOCAL_SIZE = num_per_machine
+
+
+def _distributed_worker(
+    local_rank: int,
+    main_func: Callable[..., Any],
+    world_size: int,
+    num_per_machine: int,
+    machine_rank: int,
+    dist_url: str,
+    args: Tuple,
+    timeout: timedelta,
+    use_cuda: bool,
+) -> None:
+    global_rank = machine_rank * num_per_machine + local_rank
+    # Environment for code that reads it (e.g. the logger, libraries expecting torchrun's).
+    os.environ.update(
+        RANK=str(global_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(num_per_machine),
+    )
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    else:
+        # Two CPU processes on a machine share its cores: avoid oversubscription.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_per_machine))
+    try:
+        dist.init_process_group(
+            backend=_backend(use_cuda), init_method=dist_url, world_size=world_size,
+            rank=global_rank, timeout=timeout,
+        )
+    except Exception as e:
+        raise RuntimeError(f"Process group initialisation failed with url {dist_url}: {e}") from e
+    num_machines = world_size // num_per_machine
+    _set_local_group(num_per_machine, num_machines, machine_rank)
+    comm.synchronize()
+    try:
+        main_func(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_under_torchrun(main_func: Callable[..., Any], args: Tuple, timeout: timedelta) -> Any:
+    local_rank = int(os.environ["LOCAL_RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=_backend(use_cuda), init_method="env://", timeout=timeout)
+        local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        if world_size % local_size == 0:
+            _set_local_group(local_size, world_size // local_size, dist.get_rank() // local_size)
+    try:
+        return main_func(*args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,188 @@
+"""``COCOEvaluator``: box AP of detections through ``pycocotools`` (Detectron2's metrics).
+
+The predictions of every process are gathered on the main process, mapped back to the dataset's
+category ids, written to ``<output_dir>/coco_instances_results.json`` and scored by
+``pycocotools.cocoeval.COCOeval`` against the dataset's json: AP (0.50:0.95), AP50, AP75, APs,
+APm, APl and per-category AP, in percent, under the task ``"bbox"``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import itertools
+import json
+import logging
+import os
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from ..data.catalog import DatasetCatalog, MetadataCatalog
+from ..utils import comm
+from .evaluator import EVALUATOR_TYPES, DatasetEvaluator
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["COCOEvaluator", "instances_to_coco_json", "coco_eval_bbox"]
+
+_METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+
+
+def instances_to_coco_json(instances, image_id: int) -> List[Dict[str, Any]]:
+    """``Instances`` (pred_boxes XYXY, scores, pred_classes contiguous) -> COCO result dicts with
+    ``bbox`` XYWH and the *contiguous* ``category_id`` (mapped to dataset ids later)."""
+    n = len(instances)
+    if n == 0:
+        return []
+    boxes = instances.pred_boxes.detach().cpu().double().numpy().copy()
+    boxes[:, 2:] -= boxes[:, :2]  # XYXY -> XYWH
+    scores = instances.scores.detach().cpu().tolist()
+    classes = instances.pred_classes.detach().cpu().tolist()
+    return [
+        {
+            "image_id": image_id,
+            "category_id": int(classes[k]),
+            "bbox": [float(v) for v in boxes[k]],
+            "score": float(scores[k]),
+        }
+        for k in range(n)
+    ]
+
+
+def coco_eval_bbox(coco_gt, results: List[Dict[str, Any]], img_ids: Optional[List[int]] = None):
+    """Run ``COCOeval`` (iouType bbox) on ``results`` (dataset category ids); returns the
+    evaluated ``COCOeval`` object (``.stats`` holds the 12 standard numbers in [0, 1])."""
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(copy.deepcopy(results)) if results else None
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        if img_ids is not None:
+            ev.params.imgIds = sorted(img_ids)
+        ev.evaluate()
+        ev.accumulate()
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        ev.summarize()
+    logger.info("COCOeval (bbox):\n" + buf.getvalue())
+    return ev
+
+
+class COCOEvaluator(DatasetEvaluator):
+    """Box AP on a COCO-format dataset (metadata ``json_file``, ``thing_classes``,
+    ``thing_dataset_id_to_contiguous_id``).
+
+    Args:
+        dataset_name: a registered dataset with ``evaluator_type == "coco"``.
+        output_dir: where ``coco_instances_results.json`` is written (None = not written).
+        distributed: gather the predictions of all processes.
+    """
+
+    def __init__(self, dataset_name: str, output_dir: Optional[str] = None,
+                 distributed: bool = True) -> None:
+        self.dataset_name = dataset_name
+        self.output_dir = output_dir
+        self.distributed = distributed
+        meta = MetadataCatalog.get(dataset_name)
+        if meta.get("json_file") is None or meta.get("thing_dataset_id_to_contiguous_id") is None:
+            # Both are set when the dataset is loaded (load_coco_json).
+            DatasetCatalog.get(dataset_name)
+        self.json_file = meta.get("json_file")
+        if not self.json_file or not os.path.isfile(self.json_file):
+            raise FileNotFoundError(
+                f"COCOEvaluator: dataset '{dataset_name}' has no COCO json "
+                f"(metadata json_file = {self.json_file!r})"
+            )
+        id_map = meta.get("thing_dataset_id_to_contiguous_id")
+        self.contiguous_to_dataset = {v: k for k, v in id_map.items()}
+        self.thing_classes = list(meta.get("thing_classes"))
+        self._coco_gt = None
+        self.reset()
+
+    @property
+    def coco_gt(self):
+        """The ground truth as a ``pycocotools.coco.COCO`` (read once, lazily)."""
+        if self._coco_gt is None:
+            from pycocotools.coco import COCO
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._coco_gt = COCO(self.json_file)
+        return self._coco_gt
+
+    def reset(self) -> None:
+        self._predictions: List[Dict[str, Any]] = []
+
+    def process(self, inputs: List[dict], outputs: List[dict]) -> None:
+        """Keep, per image, its id and its detections (boxes in original image pixels)."""
+        for inp, out in zip(inputs, outputs):
+            pred = {"image_id": inp["image_id"], "instances": []}
+            if "instances" in out:
+                pred["instances"] = instances_to_coco_json(out["instances"], inp["image_id"])
+            self._predictions.append(pred)
+
+    def evaluate(self, img_ids: Optional[List[int]] = None) -> "OrderedDict[str, Dict[str, float]]":
+        """Gather, write the results json, and score with COCOeval on the main process.
+
+        Only the images seen by ``process`` (over all processes) are scored (or ``img_ids``).
+        """
+        predictions = self._predictions
+        if self.distributed and comm.get_world_size() > 1:
+            comm.synchronize()
+            predictions = list(itertools.chain(*comm.gather(predictions, dst=0)))
+            if not comm.is_main_process():
+                return OrderedDict()
+        if len(predictions) == 0:
+            logger.warning(f"COCOEvaluator on '{self.dataset_name}': no predictions were processed")
+            return OrderedDict()
+        results = list(itertools.chain(*[p["instances"] for p in predictions]))
+        for r in results:
+            c = r["category_id"]
+            if c not in self.contiguous_to_dataset:
+                raise ValueError(
+                    f"Predicted class {c} is outside the {len(self.contiguous_to_dataset)} classes "
+                    f"of dataset '{self.dataset_name}' (check MODEL.*.NUM_CLASSES)"
+                )
+            r["category_id"] = self.contiguous_to_dataset[c]
+        if self.output_dir:
+            os.makedirs(self.output_dir, exist_ok=True)
+            path = os.path.join(self.output_dir, "coco_instances_results.json")
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(results, f)
+            os.replace(tmp, path)
+        if img_ids is None:
+            img_ids = sorted({p["image_id"] for p in predictions})
+        return OrderedDict({"bbox": self._derive(results, img_ids)})
+
+    def _derive(self, results: List[Dict[str, Any]], img_ids: List[int]) -> Dict[str, float]:
+        if len(results) == 0:
+            logger.warning(f"COCOEvaluator on '{self.dataset_name}': no detections; AP = 0")
+            out = {m: 0.0 for m in _METRICS}
+            out.update({f"AP-{n}": 0.0 for n in self.thing_classes})
+            return out
+        ev = coco_eval_bbox(self.coco_gt, results, img_ids)
+        # COCOeval reports -1 where a metric is undefined (e.g. no small objects): NaN here
+        out = {
+            m: float(ev.stats[i] * 100) if ev.stats[i] >= 0 else float("nan")
+            for i, m in enumerate(_METRICS)
+        }
+        # precision: [T iou thresholds, R recall points, K classes, A areas, M max dets]
+        precisions = ev.eval["precision"]
+        cat_ids = ev.params.catIds
+        for k, cat_id in enumerate(cat_ids):
+            p = precisions[:, :, k, 0, -1]
+            p = p[p > -1]
+            ap = float(np.mean(p) * 100) if p.size else float("nan")
+            contiguous = {v: c for c, v in self.contiguous_to_dataset.items()}.get(cat_id)
+            name = self.thing_classes[contiguous] if contiguous is not None else str(cat_id)
+            out[f"AP-{name}"] = ap
+        return out
+
+
+def _build(cfg, dataset_name: str, output_dir: Optional[str]) -> COCOEvaluator:
+    return COCOEvaluator(dataset_name, output_dir)
+
+
+EVALUATOR_TYPES["coco"] = _build

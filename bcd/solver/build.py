@@ -1,0 +1,192 @@
+"""Optimizer with parameter groups, gradient clipping, and the LR scheduler, from the config."""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from fvcore.common.param_scheduler import (
+    CosineParamScheduler,
+    MultiStepParamScheduler,
+    ParamScheduler,
+    PolynomialDecayParamScheduler,
+)
+from torch import nn
+
+from .lr_scheduler import LRMultiplier, WarmupParamScheduler
+
+logger = logging.getLogger(__name__)
+
+# Normalisation layers whose parameters take SOLVER.WEIGHT_DECAY_NORM.
+NORM_MODULE_TYPES: Tuple[type, ...] = (
+    nn.modules.batchnorm._BatchNorm,  # BatchNorm1d/2d/3d, SyncBatchNorm
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def _lr_multiplier_for(name: str, rules: Sequence[Tuple[str, float]]) -> float:
+    """The multiplier of the first rule whose prefix names ``name`` or one of its parents."""
+    for prefix, mult in rules:
+        if name == prefix or name.startswith(prefix + "."):
+            return float(mult)
+    return 1.0
+
+
+def _multiplier_rules(cfg, model: nn.Module) -> List[Tuple[str, float]]:
+    """``SOLVER.LR_MULTIPLIERS`` first, then the model's ``lr_multipliers`` attribute."""
+    rules: List[Tuple[str, float]] = []
+    for i, item in enumerate(cfg.SOLVER.LR_MULTIPLIERS):
+        if len(item) != 2:
+            raise ValueError(
+                f"SOLVER.LR_MULTIPLIERS[{i}] must be [prefix, multiplier]; got {item!r}"
+            )
+        rules.append((str(item[0]), float(item[1])))
+    model_rules = getattr(model, "lr_multipliers", None)
+    if model_rules:
+        if not isinstance(model_rules, Mapping):
+            raise TypeError(
+                f"{type(model).__name__}.lr_multipliers must be a dict {{prefix: multiplier}}; "
+                f"got {type(model_rules).__name__}"
+            )
+        rules.extend((str(k), float(v)) for k, v in model_rules.items())
+    names = [n for n, _ in model.named_parameters()]
+    for prefix, _ in rules:  # a prefix that matches nothing is a typo: fail loudly
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            raise ValueError(
+                f"LR multiplier prefix '{prefix}' matches no parameter of "
+                f"{type(model).__name__} (parameter names start with: "
+                f"{', '.join(sorted({n.split('.')[0] for n in names}))})"
+            )
+    return rules
+
+
+def get_default_optimizer_params(
+    model: nn.Module,
+    base_lr: float,
+    weight_decay: float,
+    weight_decay_norm: float,
+    weight_decay_bias: Optional[float] = None,
+    bias_lr_factor: float = 1.0,
+    lr_multipliers: Sequence[Tuple[str, float]] = (),
+) -> List[Dict[str, Any]]:
+    """Parameter groups of the trainable parameters of ``model``.
+
+    Each parameter gets ``lr = base_lr * (bias_lr_factor if bias) * multiplier(name)`` and
+    ``weight_decay`` (``weight_decay_norm`` inside a normalisation layer, ``weight_decay_bias``
+    for biases when given). Parameters with ``requires_grad=False`` (frozen stages, a
+    distillation teacher) are left out; a parameter shared by two modules is counted once.
+    Parameters with equal hyper-parameters are merged into one group.
+
+    Returns:
+        A list of ``{"params": [...], "lr": float, "weight_decay": float}``.
+    """
+    seen = set()
+    by_hparams: Dict[Tuple[float, float], List[nn.Parameter]] = defaultdict(list)
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            full_name = f"{module_name}.{param_name}" if module_name else param_name
+            lr = base_lr * _lr_multiplier_for(full_name, lr_multipliers)
+            wd = weight_decay
+            if isinstance(module, NORM_MODULE_TYPES):
+                wd = weight_decay_norm
+            elif param_name == "bias" and weight_decay_bias is not None:
+                wd = weight_decay_bias
+            if param_name == "bias":
+                lr *= bias_lr_factor
+            by_hparams[(lr, wd)].append(param)
+    if not by_hparams:
+        raise ValueError(f"{type(model).__name__} has no parameter with requires_grad=True")
+    return [
+        {"params": params, "lr": lr, "weight_decay": wd}
+        for (lr, wd), params in by_hparams.items()
+    ]
+
+
+def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD or AdamW (``SOLVER.OPTIMIZER``) over the parameter groups of ``model``.
+
+    ``model`` is the unwrapped model (not DDP), so prefixes are its own parameter names.
+    """
+    params = get_default_optimizer_params(
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        lr_multipliers=_multiplier_rules(cfg, model),
+    )
+    name = cfg.SOLVER.OPTIMIZER
+    if name == "SGD":
+        return torch.optim.SGD(
+            params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
+            nesterov=cfg.SOLVER.NESTEROV,
+        )
+    if name == "AdamW":
+        return torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS))
+    raise ValueError(f"Unknown SOLVER.OPTIMIZER '{name}'; use 'SGD' or 'AdamW'")
+
+
+def build_gradient_clipper(cfg) -> Optional[Callable[[Iterable[torch.Tensor]], None]]:
+    """A function clipping gradients in place (``SOLVER.CLIP_GRADIENTS``), or None when off."""
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if not clip.ENABLED:
+        return None
+    if clip.CLIP_TYPE == "norm":
+        return lambda params: torch.nn.utils.clip_grad_norm_(
+            params, clip.CLIP_VALUE, clip.NORM_TYPE
+        )
+    if clip.CLIP_TYPE == "value":
+        return lambda params: torch.nn.utils.clip_grad_value_(params, clip.CLIP_VALUE)
+    raise ValueError(
+        f"Unknown SOLVER.CLIP_GRADIENTS.CLIP_TYPE '{clip.CLIP_TYPE}'; use 'norm' or 'value'"
+    )
+
+
+def build_lr_multiplier(cfg) -> ParamScheduler:
+    """The LR multiplier as a function of ``where = iter / MAX_ITER`` (warm-up included)."""
+    name = cfg.SOLVER.LR_SCHEDULER_NAME
+    max_iter = cfg.SOLVER.MAX_ITER
+    if name == "WarmupMultiStepLR":
+        steps = [s for s in cfg.SOLVER.STEPS if s <= max_iter]
+        if len(steps) != len(cfg.SOLVER.STEPS):
+            logger.warning(
+                f"SOLVER.STEPS {tuple(cfg.SOLVER.STEPS)} has steps beyond MAX_ITER={max_iter}; "
+                "they are ignored"
+            )
+        sched: ParamScheduler = MultiStepParamScheduler(
+            values=[cfg.SOLVER.GAMMA**k for k in range(len(steps) + 1)],
+            milestones=steps,
+            num_updates=max_iter,
+        )
+    elif name == "WarmupCosineLR":
+        sched = CosineParamScheduler(1.0, cfg.SOLVER.COSINE_END_LR_FACTOR)
+    elif name == "WarmupPolyLR":
+        sched = PolynomialDecayParamScheduler(1.0, cfg.SOLVER.POLY_POWER)
+    else:
+        raise ValueError(
+            f"Unknown SOLVER.LR_SCHEDULER_NAME '{name}'; use WarmupMultiStepLR, WarmupCosineLR "
+            "or WarmupPolyLR"
+        )
+    if cfg.SOLVER.WARMUP_ITERS <= 0:
+        return sched
+    return WarmupParamScheduler(
+        sched,
+        cfg.SOLVER.WARMUP_FACTOR,
+        cfg.SOLVER.WARMUP_ITERS / max_iter,
+        cfg.SOLVER.WARMUP_METHOD,
+    )
+
+
+def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRMultiplier:
+    """The per-iteration LR scheduler of ``cfg.SOLVER`` for ``optimizer``."""
+    return LRMultiplier(optimizer, build_lr_multiplier(cfg), cfg.SOLVER.MAX_ITER)
