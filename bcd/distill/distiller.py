@@ -42,6 +42,8 @@ __all__ = ["Distiller", "build_teacher", "load_teacher_weights", "teacher_config
 
 logger = logging.getLogger(__name__)
 
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def teacher_config(cfg: CfgNode) -> CfgNode:
     """The teacher's config: ``get_cfg()`` + ``KD.TEACHER.CONFIG_FILE`` + ``KD.TEACHER.OPTS``.
@@ -54,7 +56,14 @@ def teacher_config(cfg: CfgNode) -> CfgNode:
     if not path:
         raise ValueError("KD.TEACHER.CONFIG_FILE is empty: a distillation run needs the teacher's config")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"KD.TEACHER.CONFIG_FILE '{path}' does not exist")
+        # Configs name teachers relative to the repository root (configs/...): accept that from
+        # any working directory.
+        in_repo = os.path.join(_REPO_ROOT, path)
+        if os.path.isabs(path) or not os.path.isfile(in_repo):
+            raise FileNotFoundError(
+                f"KD.TEACHER.CONFIG_FILE '{path}' does not exist (nor under {_REPO_ROOT})"
+            )
+        path = in_repo
     tcfg = get_cfg()
     tcfg.merge_from_file(path)
     tcfg.merge_from_list(list(cfg.KD.TEACHER.OPTS))

@@ -6,7 +6,8 @@
 * Loading a state dict that does not fit the model (missing or unexpected keys, shape
   mismatches) raises ``ValueError`` naming the file and the first offending keys, instead of
   fvcore's warning. A file holding the deployed model only (``model_final.pth`` of a
-  distillation run: the student) loads into a model whose ``deploy_model()`` it fits.
+  distillation run: the student) loads into a model whose ``deploy_model()`` it fits; a full
+  checkpoint of a wrapper (``student.*`` keys) loads into the plain model it wraps.
 * Checkpoints are pickles (they hold optimizer and hook states): load only files you trust.
 """
 from __future__ import annotations
@@ -184,6 +185,19 @@ class Checkpointer(_FvCheckpointer):
                 target.load_state_dict(state, strict=True)
                 if label != "model":
                     logger.info(f"Loaded {self._loading_path} into the model's {label}")
+                return None
+        # A full checkpoint of a larger model (e.g. a Distiller's model_XXXXXXX.pth: keys
+        # "student.*", "kd_modules.*") loads into a plain model that is one of its sub-modules.
+        model_state = self.model.state_dict()
+        for prefix in sorted({k.split(".", 1)[0] + "." for k in state if "." in k}):
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if not _mismatch(model_state, sub):
+                self.model.load_state_dict(sub, strict=True)
+                ignored = sorted(k for k in state if not k.startswith(prefix))
+                logger.info(
+                    f"Loaded the '{prefix[:-1]}' part of {self._loading_path}; ignored "
+                    f"{len(ignored)} other entries (first: {', '.join(ignored[:5])})"
+                )
                 return None
         lines = "\n  ".join(f"into the {label}: {msg}" for label, msg in problems.items())
         raise ValueError(

@@ -9,6 +9,7 @@ every ``DATASETS.TEST``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import random
@@ -161,9 +162,13 @@ def create_ddp_model(
     device = next(model.parameters()).device
     if device.type == "cuda":
         kwargs["device_ids"] = [comm.get_local_rank()]
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        # Newer PyTorch renames the per-forward buffer broadcast (and deprecates the old name).
+        kwargs["forward_sync_buffers"] = broadcast_buffers
+    else:
+        kwargs["broadcast_buffers"] = broadcast_buffers
     return DistributedDataParallel(
-        model, broadcast_buffers=broadcast_buffers,
-        find_unused_parameters=find_unused_parameters, **kwargs,
+        model, find_unused_parameters=find_unused_parameters, **kwargs
     )
 
 
@@ -199,6 +204,10 @@ class DefaultTrainer(TrainerBase):
     Override the ``build_*`` class methods to change a part, as in Detectron2.
     """
 
+    # DDP's find_unused_parameters: False (faster); a subclass sets True for models whose
+    # trainable parameters do not all receive a gradient every step.
+    DDP_FIND_UNUSED_PARAMETERS: bool = False
+
     def __init__(self, cfg) -> None:
         super().__init__()
         if not logging.getLogger("bcd").handlers:
@@ -209,10 +218,15 @@ class DefaultTrainer(TrainerBase):
 
         register_from_config(cfg)
 
+        # The loader first: a missing or malformed dataset fails at once, before a large model
+        # (and a teacher) is built. Building it draws no random number when SEED >= 0.
+        data_loader = self.build_train_loader(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False)
+        model = create_ddp_model(
+            model, broadcast_buffers=False,
+            find_unused_parameters=self.DDP_FIND_UNUSED_PARAMETERS,
+        )
 
         from ..solver import build_gradient_clipper
 
@@ -292,7 +306,8 @@ class DefaultTrainer(TrainerBase):
     # ------------------------------------------------------------------ hooks
     def build_hooks(self) -> List[Optional[HookBase]]:
         """The default hooks, in order: timer, LR scheduler, the model's ``training_hooks()``,
-        periodic checkpointer, evaluation, best checkpoint, writers (main process)."""
+        periodic checkpointer, evaluation, best checkpoint, writers (main process), then the
+        model's hooks marked ``after_eval = True``."""
         cfg = self.cfg
         ret: List[Optional[HookBase]] = [
             hooks.IterationTimer(),

@@ -6,7 +6,7 @@ import logging
 import math
 import operator
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 
@@ -87,7 +87,7 @@ class IterationTimer(HookBase):
 
     def after_train(self) -> None:
         total = time.perf_counter() - self._train_start
-        num_iter = self.trainer.storage.iter + 1 - self.trainer.start_iter - self._warmup_iter
+        num_iter = self.trainer.iter - self.trainer.start_iter - self._warmup_iter  # completed, timed
         if num_iter > 0 and self._total_after_warmup > 0:
             logger.info(
                 f"Overall training speed: {num_iter} iterations in "

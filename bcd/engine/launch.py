@@ -54,8 +54,9 @@ def launch(
       by the environment (``env://``) and runs ``main_func``; the other arguments are ignored.
     * Else, with ``num_machines * num_gpus_per_machine > 1``, it starts ``num_gpus_per_machine``
       processes on this machine (spawn) with global ranks ``machine_rank * num_gpus_per_machine
-      + i``. With CUDA they use NCCL and one GPU each; without CUDA (or with fewer GPUs than
-      asked) they run on the CPU with Gloo, so multi-process training is testable on CPU.
+      + i``. With CUDA they use NCCL and one GPU each (asking for more GPUs than the machine
+      has is an error); without CUDA they run on the CPU with Gloo, so multi-process training
+      is testable on CPU.
     * Else ``main_func`` runs in this process, without a process group.
 
     Args:
@@ -88,11 +89,15 @@ def launch(
     if num_machines > 1 and dist_url.startswith("file://"):
         logger.warning("file:// init may be unreliable across machines; prefer tcp://")
 
-    use_cuda = torch.cuda.is_available() and torch.cuda.device_count() >= num_gpus_per_machine
+    use_cuda = torch.cuda.is_available()
+    if use_cuda and torch.cuda.device_count() < num_gpus_per_machine:
+        raise ValueError(
+            f"--num-gpus {num_gpus_per_machine} asks for more GPUs than this machine has "
+            f"({torch.cuda.device_count()})"
+        )
     if not use_cuda:
         logging.getLogger("bcd").warning(
-            f"{num_gpus_per_machine} processes requested but "
-            f"{torch.cuda.device_count()} CUDA devices are available: running "
+            f"{num_gpus_per_machine} processes requested and CUDA is not available: running "
             f"{num_gpus_per_machine} CPU processes with Gloo"
         )
     mp.start_processes(

@@ -10,7 +10,9 @@ and the iteration) before any parameter changes.
 """
 from __future__ import annotations
 
+import abc
 import logging
+import math
 import time
 import weakref
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
@@ -57,7 +59,7 @@ class HookBase:
         """Called after each iteration; ``self.trainer.iter`` is the iteration just run."""
 
 
-class TrainerBase:
+class TrainerBase(abc.ABC):
     """Runs hooks around an abstract ``run_step`` for iterations ``[start_iter, max_iter)``.
 
     Attributes:
@@ -122,9 +124,9 @@ class TrainerBase:
         for h in self._hooks:
             h.after_step()
 
+    @abc.abstractmethod
     def run_step(self) -> None:
-        """One iteration of training; subclasses define it."""
-        raise TypeError(f"{type(self).__name__} must define run_step()")
+        """One iteration of training (subclasses define it)."""
 
     # ------------------------------------------------------------------ state
     def hook_states(self) -> Dict[str, Any]:
@@ -260,7 +262,7 @@ class SimpleTrainer(TrainerBase):
             f"{k}={v} (rank {rank})" if len(all_metrics) > 1 else f"{k}={v}"
             for rank, m in enumerate(all_metrics)
             for k, v in m["metrics"].items()
-            if not torch.isfinite(torch.tensor(v))
+            if not math.isfinite(v)
         })
         if bad:
             raise FloatingPointError(

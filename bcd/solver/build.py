@@ -47,6 +47,14 @@ def _multiplier_rules(cfg, model: nn.Module) -> List[Tuple[str, float]]:
                 f"SOLVER.LR_MULTIPLIERS[{i}] must be [prefix, multiplier]; got {item!r}"
             )
         rules.append((str(item[0]), float(item[1])))
+    names = [n for n, _ in model.named_parameters()]
+    for prefix, _ in rules:  # a configured prefix that matches nothing is a typo: fail loudly
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            raise ValueError(
+                f"SOLVER.LR_MULTIPLIERS prefix '{prefix}' matches no parameter of "
+                f"{type(model).__name__} (parameter names start with: "
+                f"{', '.join(sorted({n.split('.')[0] for n in names}))})"
+            )
     model_rules = getattr(model, "lr_multipliers", None)
     if model_rules:
         if not isinstance(model_rules, Mapping):
@@ -54,15 +62,9 @@ def _multiplier_rules(cfg, model: nn.Module) -> List[Tuple[str, float]]:
                 f"{type(model).__name__}.lr_multipliers must be a dict {{prefix: multiplier}}; "
                 f"got {type(model_rules).__name__}"
             )
+        # The model's own rules may name modules without parameters in some configurations
+        # (e.g. KD modules of parameter-free losses): no error for them.
         rules.extend((str(k), float(v)) for k, v in model_rules.items())
-    names = [n for n, _ in model.named_parameters()]
-    for prefix, _ in rules:  # a prefix that matches nothing is a typo: fail loudly
-        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
-            raise ValueError(
-                f"LR multiplier prefix '{prefix}' matches no parameter of "
-                f"{type(model).__name__} (parameter names start with: "
-                f"{', '.join(sorted({n.split('.')[0] for n in names}))})"
-            )
     return rules
 
 

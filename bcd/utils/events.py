@@ -253,19 +253,23 @@ class CommonMetricPrinter(EventWriter):
         except KeyError:
             lr = "N/A"
         eta_string = self._get_eta(storage)
-        # Smoothed training scalars: the losses first, then the others a model reports (e.g.
-        # "kd/..."); unsmoothed ones (evaluation results, lr) are not repeated every line.
+        # The losses first, then the other scalars a model reports (e.g. "kd/..."): smoothed
+        # ones as their median, unsmoothed ones (evaluation results, KD weights) only on the
+        # line of the iteration they were put at, so they are not repeated every line.
         hints = storage.smoothing_hints()
-        skip = {"time", "data_time", "eta_seconds"}
-        smoothed = [k for k in storage.histories() if hints.get(k, False) and k not in skip]
-        losses = "  ".join(
-            f"{k}: {storage.history(k).median(self._window_size):.4g}"
-            for k in smoothed if "loss" in k
-        )
-        others = "  ".join(
-            f"{k}: {storage.history(k).median(self._window_size):.4g}"
-            for k in smoothed if "loss" not in k
-        )
+        latest = storage.latest()
+        skip = {"time", "data_time", "eta_seconds", "lr"}
+        shown = [
+            k for k in storage.histories()
+            if k not in skip and (hints.get(k, False) or latest[k][1] == iteration)
+        ]
+
+        def value(k: str) -> str:
+            v = storage.history(k).median(self._window_size) if hints[k] else latest[k][0]
+            return f"{k}: {v:.4g}"
+
+        losses = "  ".join(value(k) for k in shown if "loss" in k)
+        others = "  ".join(value(k) for k in shown if "loss" not in k)
         max_mem = ""
         if torch.cuda.is_available():
             max_mem = f"  max_mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}M"

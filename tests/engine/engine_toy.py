@@ -6,7 +6,8 @@ random). ``ToyRegressor`` (conv 3x3, ReLU, conv 1x1, global average) regresses i
 batch norm, so one process with batch 2b and two with batch b compute the same gradient.
 
 Module-level switches let tests inject a failure: ``NAN_AT_ITER`` makes ``loss_mse`` NaN at that
-iteration, ``STOP_AT_ITER`` raises ``ToyStop`` (an interrupted run).
+iteration, ``STOP_AT_ITER`` (or the environment variable ``TOY_STOP_AT_ITER``, seen by spawned
+processes) raises ``ToyStop`` (an interrupted run).
 """
 from __future__ import annotations
 
@@ -126,7 +127,10 @@ class ToyRegressor(nn.Module):
             return [{"pred": p} for p in pred]
         target = torch.tensor([d["target"] for d in batched_inputs], device=self.device)
         storage = get_event_storage()
-        if STOP_AT_ITER is not None and storage.iter == STOP_AT_ITER:
+        stop_at = STOP_AT_ITER
+        if stop_at is None and os.environ.get("TOY_STOP_AT_ITER"):  # for spawned processes
+            stop_at = int(os.environ["TOY_STOP_AT_ITER"])
+        if stop_at is not None and storage.iter == stop_at:
             raise ToyStop(f"stopped at iteration {storage.iter}")
         loss_mse = F.mse_loss(pred, target)
         if NAN_AT_ITER is not None and storage.iter == NAN_AT_ITER:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -41,12 +42,10 @@ def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path):
 
     a, b = _final(one), _final(two)
     assert a.keys() == b.keys()
-    moved = 0.0
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=ATOL)
-    init = T.ToyRegressor(None)  # the weights really changed (the test is not vacuous)
-    torch.manual_seed(7)
-    init = T.ToyRegressor(None).state_dict()
+    torch.manual_seed(7)  # SEED + rank 0: the initial weights of both runs
+    init = T.ToyRegressor(None).state_dict()  # the weights really moved: the test can fail
     moved = max((a[k] - init[k]).abs().max().item() for k in a)
     assert moved > 100 * ATOL
 
@@ -107,10 +106,36 @@ def test_comm_helpers_and_sharded_samplers_on_two_processes(tmp_path):
 def test_torchrun_entry_point(tmp_path):
     """``torchrun`` starts the processes; launch() joins them through env://."""
     out = str(tmp_path / "torchrun")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "0", os.path.join(os.path.dirname(__file__), "engine_toy.py"),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(os.path.dirname(__file__), "engine_toy.py"),
            "--num-gpus", "2"] + T.base_opts(out, **{"SOLVER.MAX_ITER": 6, "TEST.EVAL_PERIOD": 0})
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(cmd, check=True, env=env, timeout=300)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        assert proc.wait(timeout=300) == 0
+    finally:
+        if proc.poll() is None:  # never leave the launcher and its workers behind
+            os.killpg(proc.pid, signal.SIGKILL)
     assert "World size: 2" in open(os.path.join(out, "log.txt")).read()
+    assert os.path.isfile(os.path.join(out, "log.txt.rank1"))
     assert open(os.path.join(out, "last_checkpoint")).read() == "model_0000005.pth"
+
+
+@pytest.mark.slow
+def test_resume_is_exact_with_two_processes(tmp_path, monkeypatch):
+    """Per-rank data shards, RNG states and sampler positions are restored on --resume."""
+    opts = {"SOLVER.MAX_ITER": 12, "SOLVER.CHECKPOINT_PERIOD": 6, "TEST.EVAL_PERIOD": 0,
+            "SOLVER.WARMUP_ITERS": 2}
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    launch(T.train_main, 2, dist_url="auto",
+           args=(T.parse_args(["--num-gpus", "2"] + T.base_opts(straight, **opts)),))
+    monkeypatch.setenv("TOY_STOP_AT_ITER", "8")  # dies after the checkpoint of iteration 5
+    with pytest.raises(Exception, match="stopped at iteration 8"):
+        launch(T.train_main, 2, dist_url="auto",
+               args=(T.parse_args(["--num-gpus", "2"] + T.base_opts(resumed, **opts)),))
+    assert open(os.path.join(resumed, "last_checkpoint")).read() == "model_0000005.pth"
+    monkeypatch.delenv("TOY_STOP_AT_ITER")
+    launch(T.train_main, 2, dist_url="auto",
+           args=(T.parse_args(["--num-gpus", "2", "--resume"] + T.base_opts(resumed, **opts)),))
+    a, b = _final(straight), _final(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

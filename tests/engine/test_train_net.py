@@ -32,7 +32,12 @@ def test_train_writes_outputs_and_loss_decreases(tmp_path):
     for name in ["metrics.json", "log.txt", "config.yaml", "last_checkpoint",
                  "model_0000019.pth", "model_0000039.pth", "model_final.pth"]:
         assert os.path.isfile(os.path.join(out, name)), name
-    assert glob.glob(os.path.join(out, "events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(out)
+    events.Reload()
+    assert {"total_loss", "loss_mse", "loss_l1", "lr", "toy/mse"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("toy/mse")] == [19, 40]
     assert open(os.path.join(out, "last_checkpoint")).read() == "model_0000039.pth"
     assert not glob.glob(os.path.join(out, "*.tmp")) and not glob.glob(os.path.join(out, ".*.tmp"))
 
@@ -49,6 +54,7 @@ def test_train_writes_outputs_and_loss_decreases(tmp_path):
     assert results["toy/mse"] == pytest.approx(evals[-1][1])
     assert results["toy/count"] == T.VAL_SIZE
     assert evals[-1][1] < evals[0][1]
+    assert events.Scalars("toy/mse")[-1].value == pytest.approx(evals[-1][1])
 
     # The final evaluation equals an independent computation with the saved weights.
     from bcd.config import get_cfg

@@ -1,7 +1,6 @@
 """The shipped semantic-segmentation configs load, build, and name their pretrained files."""
 from __future__ import annotations
 
-import glob
 import os
 
 import pytest
@@ -17,10 +16,8 @@ MODELS = [
     "deeplabv3plus_mobilenetv2", "pspnet_efficientnet_b1",
     "semantic_fpn_r101", "semantic_fpn_r50", "semantic_fpn_r18",
 ]
-CONFIGS = sorted(
-    f for d in CLASSES for f in glob.glob(os.path.join(ROOT, "configs", d, "*.yaml"))
-    if not os.path.basename(f).startswith("Base-")
-)
+# the files of this part; the distillation configs beside them are tested with the distillers
+CONFIGS = [os.path.join(ROOT, "configs", d, f"{m}.yaml") for d in CLASSES for m in MODELS]
 
 
 def _load(path: str):
@@ -30,10 +27,10 @@ def _load(path: str):
 
 
 def test_every_model_for_every_dataset_exists():
-    names = {os.path.relpath(f, os.path.join(ROOT, "configs")) for f in CONFIGS}
+    missing = [f for f in CONFIGS if not os.path.isfile(f)]
+    assert not missing
     for d in CLASSES:
-        for m in MODELS:
-            assert f"{d}/{m}.yaml" in names
+        assert os.path.isfile(os.path.join(ROOT, "configs", d, f"Base-{'VOC' if d == 'voc' else 'Cityscapes' if d == 'cityscapes' else 'ADE20K'}.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))

@@ -219,3 +219,17 @@ def test_config_errors(seg_cfg):
     model = build_model(cfg).train()
     with pytest.raises(ValueError, match="sem_seg"):
         model([{"image": torch.zeros(3, 32, 32, dtype=torch.uint8)}] * 2)
+    bad = {"image": torch.zeros(3, 32, 32, dtype=torch.uint8), "sem_seg": torch.zeros(16, 16).long(),
+           "file_name": "a.jpg"}
+    with pytest.raises(ValueError, match="a.jpg"):
+        model([bad, bad])
+
+
+def test_eval_accepts_labels_at_original_size(seg_cfg):
+    """The test mapper resizes the image (INPUT.BASE_SIZE) but keeps the label at the original
+    size: evaluation outputs are at height × width, the label is left to the evaluator."""
+    model = build_model(seg_cfg()).eval()
+    x = {"image": torch.zeros(3, 32, 48, dtype=torch.uint8), "sem_seg": torch.zeros(64, 96).long(),
+         "height": 64, "width": 96}
+    assert model.preprocess([x]).sem_seg is None
+    assert model([x])[0]["sem_seg"].shape == (5, 64, 96)

@@ -6,12 +6,25 @@ function its ``TYPE`` names in ``CUSTOM_DATASET_TYPES``.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict
+from typing import Callable, Dict, Iterable
 
 from ..catalog import DatasetCatalog
 
 # TYPE -> function(entry: dict) registering one custom dataset. Filled by the task modules.
 CUSTOM_DATASET_TYPES: Dict[str, Callable[[dict], None]] = {}
+
+# name -> function() raising a clear error (naming the missing folder / bad file) when the
+# dataset cannot be used. Cheap for builtin datasets (folders exist); the task modules fill it.
+DATASET_CHECKS: Dict[str, Callable[[], None]] = {}
+
+
+def check_datasets(names: Iterable[str]) -> None:
+    """Run the ``DATASET_CHECKS`` entry of each name (datasets without one are skipped), so a
+    missing folder fails before a model is built."""
+    for name in names:
+        fn = DATASET_CHECKS.get(name)
+        if fn is not None:
+            fn()
 
 
 def get_datasets_root() -> str:
@@ -23,7 +36,8 @@ def register_from_config(cfg) -> None:
     """Register the datasets of ``cfg.DATASETS.CUSTOM`` (a list of dicts, see datasets/README.md).
 
     An entry already registered under the same name is left as it is, so calling this twice
-    (trainer and evaluator) is harmless.
+    (trainer and evaluator) is harmless. Then ``check_datasets`` runs on ``DATASETS.TRAIN`` and
+    ``DATASETS.TEST``.
     """
     for i, entry in enumerate(cfg.DATASETS.CUSTOM):
         entry = dict(entry)
@@ -38,6 +52,7 @@ def register_from_config(cfg) -> None:
         if name in DatasetCatalog:
             continue
         CUSTOM_DATASET_TYPES[kind](entry)
+    check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
 
 
 # Task modules register their builtin datasets and their CUSTOM_DATASET_TYPES entry on import.

@@ -18,7 +18,7 @@ import os
 from typing import Any, Dict, List
 
 from ..catalog import DatasetCatalog, MetadataCatalog
-from . import get_datasets_root
+from . import DATASET_CHECKS, get_datasets_root
 from .coco import load_coco_json
 
 # name -> (image folder, annotation json), relative to <root>/coco
@@ -77,6 +77,8 @@ def register_all_coco() -> None:
         if name in DatasetCatalog:
             continue
         DatasetCatalog.register(name, lambda n=name: _load(n))
+        # run by register_from_config (trainer start): a missing folder fails before any model
+        DATASET_CHECKS[name] = lambda n=name: check_coco_split(n) and None
         # The evaluator resolves the json at evaluation time, under the root of that moment.
         MetadataCatalog.get(name).set(evaluator_type="coco")
 

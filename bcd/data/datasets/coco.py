@@ -31,7 +31,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 from ..catalog import DatasetCatalog, MetadataCatalog
-from . import CUSTOM_DATASET_TYPES
+from . import CUSTOM_DATASET_TYPES, DATASET_CHECKS
 
 logger = logging.getLogger(__name__)
 
@@ -213,15 +213,26 @@ def load_coco_json(
 def register_coco_instances(
     name: str, json_file: str, image_root: str, invalid_boxes: str = "error"
 ) -> None:
-    """Register a COCO-format dataset: ``DatasetCatalog`` loads it lazily with validation.
+    """Register a COCO-format dataset: ``DatasetCatalog`` loads it lazily with validation;
+    ``check_datasets([name])`` (run by ``register_from_config``) validates it in full.
 
     The metadata ``json_file``, ``image_root`` and ``evaluator_type="coco"`` are set now (the
     evaluator needs them); ``thing_classes`` and the category-id map when the data is loaded.
     """
-    DatasetCatalog.register(
-        name,
-        lambda: load_coco_json(json_file, image_root, name, invalid_boxes=invalid_boxes),
-    )
+    cache: Dict[str, Any] = {}
+
+    def load() -> List[Dict[str, Any]]:
+        # The json is validated once per version of the file: the start-of-training check
+        # (DATASET_CHECKS) and the loader then share one load.
+        key = (os.path.getmtime(json_file), os.path.getsize(json_file)) if os.path.isfile(json_file) else None
+        if key is None or cache.get("key") != key:
+            cache["dicts"] = load_coco_json(json_file, image_root, name, invalid_boxes=invalid_boxes)
+            cache["key"] = key
+        return list(cache["dicts"])
+
+    DatasetCatalog.register(name, load)
+    # Custom files are validated in full when training starts (before any model is built).
+    DATASET_CHECKS[name] = lambda: load() and None
     MetadataCatalog.get(name).set(
         json_file=json_file, image_root=image_root, evaluator_type="coco"
     )

@@ -99,14 +99,23 @@ class SemanticSegmentor(nn.Module):
         sizes = [tuple(int(s) for s in im.shape[-2:]) for im in images]
         tensor = pad_to_divisible(images, self.size_divisibility, 0.0)
         sem_seg = None
-        if all("sem_seg" in x for x in batched_inputs) and len(batched_inputs) > 0:
-            labels = [x["sem_seg"].to(self.device, non_blocking=True).long() for x in batched_inputs]
-            sem_seg = pad_to_divisible(labels, self.size_divisibility, self.ignore_value)
-            if sem_seg.shape[-2:] != tensor.shape[-2:]:
+        if len(batched_inputs) > 0 and all("sem_seg" in x for x in batched_inputs):
+            mismatch = [
+                (x.get("file_name", i), tuple(x["sem_seg"].shape[-2:]), sizes[i])
+                for i, x in enumerate(batched_inputs)
+                if tuple(x["sem_seg"].shape[-2:]) != sizes[i]
+            ]
+            if not mismatch:
+                labels = [x["sem_seg"].to(self.device, non_blocking=True).long() for x in batched_inputs]
+                sem_seg = pad_to_divisible(labels, self.size_divisibility, self.ignore_value)
+            elif self.training:
+                name, label_size, image_size = mismatch[0]
                 raise ValueError(
-                    f"sem_seg of size {tuple(labels[0].shape)} does not match its image "
-                    f"{tuple(images[0].shape[-2:])}"
+                    f"Training input '{name}': sem_seg of size {label_size} does not match its "
+                    f"image {image_size}"
                 )
+            # Evaluation: the test mapper keeps labels at the original size while the image may
+            # be resized; the evaluator compares them with the output at height × width.
         return ImageBatch(tensor=tensor, image_sizes=sizes, sem_seg=sem_seg, inputs=list(batched_inputs))
 
     def extract(self, batch: ImageBatch) -> Dict[str, Any]:
