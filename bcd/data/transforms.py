@@ -37,18 +37,21 @@ def _uniform(low: float, high: float) -> float:
 def resize_scale(
     image: np.ndarray, label: Optional[np.ndarray], target: Tuple[int, int]
 ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Resize keeping the aspect ratio so that the image fits inside ``target``.
+    """Resize keeping the aspect ratio so that the image fits inside ``target``, whatever its
+    orientation (mmsegmentation's ``keep_ratio`` rule: the long edge fits the long side of
+    ``target``, the short edge its short side).
 
     Args:
         image: ``H×W×3`` uint8.
         label: ``H×W`` integer labels or None.
-        target: ``(th, tw)`` in pixels; the scale is ``min(th / H, tw / W)``.
+        target: ``(th, tw)`` in pixels; the scale is
+            ``min(max(th, tw) / max(H, W), min(th, tw) / min(H, W))``.
 
     Returns:
         The resized image (bilinear) and label (nearest neighbour), ``round(H·s)×round(W·s)``.
     """
     h, w = image.shape[:2]
-    s = min(target[0] / h, target[1] / w)
+    s = min(max(target) / max(h, w), min(target) / min(h, w))
     nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
     if (nh, nw) == (h, w):
         return image, label

@@ -261,3 +261,46 @@ def test_ld_needs_gfl_student(gfl_pair, tiny_cfg):
     retina = build_model(tiny_cfg("RetinaNet"))  # no ATSS assign()
     with pytest.raises(TypeError, match="GFL student"):
         _ld(retina, batch, (cls, dist), (cls, dist))
+
+
+# --------------------------------------------------------------------------- BCD per FPN level
+def test_bcd_per_fpn_level_is_mean_of_levels():
+    from torch import nn
+
+    from bcd.distill.losses.base import FeatureShape as FS
+
+    names = ["backbone[p3]", "backbone[p4]", "backbone[p5]"]
+    shapes = {n: FS(6, 128 // s, 128 // s, (128, 128)) for n, s in zip(names, (8, 16, 32))}
+    cfg = get_cfg()
+    for key in ("BOUNDARY", "CONTEXT"):
+        cfg.KD[key].STUDENT_FEATURES = names
+        cfg.KD[key].TEACHER_FEATURES = names
+    cfg.KD.BCD_HFA.DIM = 8
+    shared = nn.ModuleDict()
+    torch.manual_seed(0)
+    bd = KD_LOSS_REGISTRY.get("BoundaryDistillationFPN")(cfg, shapes, shapes, shared)
+    cd = KD_LOSS_REGISTRY.get("ContextDistillationFPN")(cfg, shapes, shapes, shared)
+    assert bd.strides == [8, 16, 32] and len(shared) == 1  # one student HFA (φ) for all levels
+    g = torch.Generator().manual_seed(0)
+    s = {n: torch.randn(2, 6, 128 // st, 128 // st, generator=g).requires_grad_(True)
+         for n, st in zip(names, (8, 16, 32))}
+    t = {n: torch.randn(2, 6, 128 // st, 128 // st, generator=g).requires_grad_(True)
+         for n, st in zip(names, (8, 16, 32))}
+    batch = _batch([[[10.0, 10.0, 60.0, 90.0]], [[30.0, 20.0, 120.0, 70.0]]])
+    batch.tensor = torch.zeros(2, 3, 128, 128)
+    batch.image_sizes = [(128, 128)] * 2
+    for loss in (bd, cd):
+        loss.eval()  # fixed BN statistics: the per-level reference below sees the same modules
+        out = loss(s, t, _ctx(batch))
+        ref = {}
+        for n, st in zip(names, (8, 16, 32)):
+            loss.inner.stride = st
+            o = loss.inner({names[0]: s[n]}, {names[0]: t[n]}, _ctx(batch))
+            for k, v in o.items():
+                ref[k] = ref.get(k, 0.0) + v / 3
+        assert set(out) == set(ref)
+        for k in out:
+            torch.testing.assert_close(out[k], ref[k])
+        out[loss.loss_key].backward()
+    assert all(x.grad is None for x in t.values())
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in s.values())

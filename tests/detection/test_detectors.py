@@ -244,3 +244,12 @@ def test_gfl_decoding_uses_integral_times_stride(tiny_cfg):
     boxes, scores, classes = model.predict_level(cls, dist, anchors, 16)
     assert classes.tolist() == [1] and scores.item() == pytest.approx(torch.sigmoid(torch.tensor(5.0)).item())
     torch.testing.assert_close(boxes, torch.tensor([[0.0 - 16, 16 - 32, 0 + 48, 16 + 0]]))
+
+
+def test_gfl_trains_on_a_1x1_top_level(tiny_cfg):
+    """Narrow heads (32 channels) on 64×64 inputs: P7 is 1×1; GN keeps ≥ 2 channels per group."""
+    model = build_model(tiny_cfg("GFL")).train()
+    gn = [m for m in model.head.cls_subnet if isinstance(m, torch.nn.GroupNorm)][0]
+    assert gn.num_groups == 16 and gn.num_channels == 32
+    losses = model(_inputs(sizes=((64, 64), (64, 64))))
+    assert all(torch.isfinite(v) for v in losses.values())

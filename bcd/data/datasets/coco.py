@@ -200,13 +200,16 @@ def load_coco_json(
 
     if dataset_name is not None:
         meta = MetadataCatalog.get(dataset_name)
-        meta.set(
+        # Overwrite rather than Metadata.set: what was just loaded is the truth, and the same
+        # name may be reloaded from another root ($BCD_DATASETS changed within a process).
+        for k, v in dict(
             thing_classes=thing_classes,
             thing_dataset_id_to_contiguous_id=id_map,
             json_file=json_file,
             image_root=image_root,
             evaluator_type="coco",
-        )
+        ).items():
+            setattr(meta, k, v)
     return dataset_dicts
 
 

@@ -289,7 +289,7 @@ class BoundaryDistillation(DistillLoss):
 
     def forward(self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any], ctx: KDContext):
         s_list = [as_tensor_feature(student_feats[n], n) for n in self.student_features]
-        t_list = [as_tensor_feature(teacher_feats[n], n) for n in self.teacher_features]
+        t_list = [as_tensor_feature(teacher_feats[n], n).detach() for n in self.teacher_features]
         size = grid_size(ctx.student_batch.tensor.shape[-2:], self.stride)
         f_s = ctx.cached(student_hfa_key(self.student_features), lambda: self.hfa_s(s_list, size))
         s_logit = self.conv_s(f_s)

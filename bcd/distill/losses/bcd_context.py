@@ -156,17 +156,19 @@ class ContextDistillation(DistillLoss):
 
     def forward(self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any], ctx: KDContext):
         s_list = [as_tensor_feature(student_feats[n], n) for n in self.student_features]
-        t_list = [as_tensor_feature(teacher_feats[n], n) for n in self.teacher_features]
+        t_list = [as_tensor_feature(teacher_feats[n], n).detach() for n in self.teacher_features]
         size = grid_size(ctx.student_batch.tensor.shape[-2:], self.stride)
         f_s = ctx.cached(student_hfa_key(self.student_features), lambda: self.hfa_s(s_list, size))
+        valid = ctx.valid_mask(size) if self.node.MASK else torch.ones_like(f_s[:, 0], dtype=torch.bool)
         if self.hfa_t is None:
             with torch.no_grad():
                 f_t = self.hfa_s(t_list, size)
+        elif isinstance(self.hfa_t, FixedProjectionHFA):
+            f_t = self.hfa_t(t_list, size, valid)
         else:
             f_t = self.hfa_t(t_list, size)
         if self.head != "literal_joint":
             f_t = f_t.detach()
-        valid = ctx.valid_mask(size) if self.node.MASK else torch.ones_like(f_s[:, 0], dtype=torch.bool)
         f_s, valid_c = cap_tokens(f_s, valid, int(self.node.TOKEN_CAP))
         f_t, _ = cap_tokens(f_t, valid, int(self.node.TOKEN_CAP))
         z_s = self.phi_s(f_s)

@@ -6,7 +6,7 @@ the padded input (bilinear up, adaptive-average-pool down, identity when equal),
 ``shared`` dict, keyed by its feature names).
 
 ``FixedProjectionHFA`` (teacher context path, A1 ``fixed_projection``): per level, standardise each
-channel over ``(B, h, w)`` of the batch (no parameters), project with a fixed random orthogonal
+channel over the valid cells of ``(B, h, w)`` of the batch (no parameters), project with a fixed random orthogonal
 ``C_l→d`` matrix (seeded buffer), resize and concatenate. It has no trainable parameters.
 
 Config node ``KD.BCD_HFA``: ``DIM`` (d = 128), ``NORM`` (``"BN"``; ``"GN4"`` is IRNet's),
@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bcd.config import CfgNode as CN
@@ -88,13 +89,24 @@ class FixedProjectionHFA(nn.Module):
         self.num_levels = len(in_channels)
         self.out_channels = dim * len(in_channels)
 
-    def forward(self, feats: List[Tensor], size: Tuple[int, int]) -> Tensor:
-        """``[B×C_l×h_l×w_l]`` → ``B×(L·d)×size`` (no gradients flow to anything here)."""
+    def forward(self, feats: List[Tensor], size: Tuple[int, int], valid: Optional[Tensor] = None) -> Tensor:
+        """``[B×C_l×h_l×w_l]`` → ``B×(L·d)×size`` (no gradients flow to anything here).
+
+        ``valid`` (``B×h×w`` bool on any grid, nearest-resized to each level): the statistics of
+        the standardisation use the valid cells only, so padding / ignored cells do not shift them.
+        """
         outs = []
         for i, f in enumerate(feats):
             f = f.float()
-            mu = f.mean(dim=(0, 2, 3), keepdim=True)
-            sd = f.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(1e-6)
+            if valid is not None:
+                m = F.interpolate(valid[:, None].float(), size=f.shape[-2:], mode="nearest")
+                n = m.sum().clamp_min(1.0)
+                mu = (f * m).sum(dim=(0, 2, 3), keepdim=True) / n
+                var = (((f - mu) ** 2) * m).sum(dim=(0, 2, 3), keepdim=True) / n
+                sd = var.sqrt().clamp_min(1e-6)
+            else:
+                mu = f.mean(dim=(0, 2, 3), keepdim=True)
+                sd = f.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(1e-6)
             z = torch.einsum("dc,bchw->bdhw", getattr(self, f"proj{i}"), (f - mu) / sd)
             outs.append(align_spatial(z, size, "pool"))
         return torch.cat(outs, dim=1)

@@ -94,9 +94,11 @@ class CIRKD(DistillLoss):
         sn, tn = self.student_features[0], self.teacher_features[0]
         c_s, c_t = student_shapes[sn].channels, teacher_shapes[tn].channels
         self.connector = Connector(c_s, c_t, cfg.KD.CONNECTOR.NORM, cfg.KD.CONNECTOR.SPATIAL)
-        self.projector = nn.Sequential(
+        self.use_memory = self.node.PIXEL_MEMORY_WEIGHT > 0 or self.node.REGION_MEMORY_WEIGHT > 0
+        # Only built when a memory term is on (an unused module would stall DDP).
+        self.projector: Optional[nn.Module] = nn.Sequential(
             nn.Conv2d(c_s, c_t, 1, bias=False), nn.BatchNorm2d(c_t), nn.ReLU(), nn.Conv2d(c_t, c_t, 1)
-        )
+        ) if self.use_memory else None
         self.num_classes = int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
         self.channels = c_t
         self.pixel_queue: Optional[Tensor] = None  # K×Q×C
@@ -158,7 +160,7 @@ class CIRKD(DistillLoss):
 
     def forward(self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any], ctx: KDContext):
         sn, tn = self.student_features[0], self.teacher_features[0]
-        t = as_tensor_feature(teacher_feats[tn], tn)
+        t = as_tensor_feature(teacher_feats[tn], tn).detach()
         s_raw = as_tensor_feature(student_feats[sn], sn)
         size = tuple(t.shape[-2:])
         s = self.connector(s_raw, size)
@@ -171,9 +173,7 @@ class CIRKD(DistillLoss):
             s_mb, t_mb, v_mb, float(self.node.TEMPERATURE)
         )
         labels = self._labels(ctx, size)
-        use_memory = labels is not None and (
-            self.node.PIXEL_MEMORY_WEIGHT > 0 or self.node.REGION_MEMORY_WEIGHT > 0
-        )
+        use_memory = labels is not None and self.projector is not None
         if use_memory:
             proj = F.normalize(align(self.projector(s_raw), size), dim=1).flatten(2).transpose(1, 2)
             tt = F.normalize(t.float(), dim=1).flatten(2).transpose(1, 2)

@@ -52,7 +52,7 @@ class FitNet(DistillLoss):
     def forward(self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any], ctx: KDContext):
         total = 0.0
         for conn, sn, tn in zip(self.connectors, self.student_features, self.teacher_features):
-            t = as_tensor_feature(teacher_feats[tn], tn)
+            t = as_tensor_feature(teacher_feats[tn], tn).detach()
             s = conn(as_tensor_feature(student_feats[sn], sn), tuple(t.shape[-2:]))
             valid = ctx.valid_mask(tuple(t.shape[-2:])) if self.node.MASK else torch.ones_like(
                 t[:, 0], dtype=torch.bool

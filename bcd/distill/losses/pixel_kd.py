@@ -68,7 +68,7 @@ class PixelKD(DistillLoss):
     def forward(self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any], ctx: KDContext):
         total = 0.0
         for sn, tn in zip(self.student_features, self.teacher_features):
-            s, t = match_size(as_tensor_feature(student_feats[sn], sn), as_tensor_feature(teacher_feats[tn], tn))
+            s, t = match_size(as_tensor_feature(student_feats[sn], sn), as_tensor_feature(teacher_feats[tn], tn).detach())
             valid = ctx.valid_mask(tuple(s.shape[-2:])) if self.node.MASK else torch.ones_like(
                 s[:, 0], dtype=torch.bool
             )

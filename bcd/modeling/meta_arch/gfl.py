@@ -222,6 +222,17 @@ class Scale(nn.Module):
         return x * self.scale
 
 
+def _head_norm(norm: str, channels: int) -> nn.Module:
+    """``get_norm``, except that GN keeps at least 2 channels per group: with one channel per
+    group (narrow heads) GN is instance norm and fails on the 1×1 P7 map of small inputs."""
+    if norm != "GN":
+        return get_norm(norm, channels)
+    groups = math.gcd(32, channels)
+    while groups > 1 and channels // groups < 2:
+        groups //= 2
+    return nn.GroupNorm(groups, channels)
+
+
 class GFLHead(nn.Module):
     """GFL head: two towers of ``num_convs`` 3×3 conv + GN + ReLU, class logits and side
     distributions, a learnable scale per level on the distribution logits (mmdet ``GFLHead``).
@@ -238,7 +249,7 @@ class GFLHead(nn.Module):
             for tower in (cls, bbox):
                 tower += [
                     nn.Conv2d(in_channels, in_channels, 3, padding=1, bias=not norm),
-                    get_norm(norm, in_channels),
+                    _head_norm(norm, in_channels),
                     nn.ReLU(),
                 ]
         self.cls_subnet = nn.Sequential(*cls)
