@@ -3,6 +3,7 @@
 
     python tools/benchmark.py [--size 512] [--batch 2] [--iters 3] [--device cpu|cuda]
                               [--output output/benchmark]
+    python tools/benchmark.py --detection [...]   # detector losses (tools/benchmark_detection.py)
 
 1. For the demo teacher / student (``configs/demo``; random weights, their cost does not depend
    on training) at ``size×size``, per loss, in one process: the time of one distillation step
@@ -229,6 +230,12 @@ def run_isolated(fn, device: str, **kwargs) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--detection" in argv:  # detector losses: tools/benchmark_detection.py (same helpers)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import benchmark_detection
+
+        return benchmark_detection.main([a for a in argv if a != "--detection"])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--batch", type=int, default=2)

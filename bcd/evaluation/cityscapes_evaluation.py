@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
+import warnings
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
 
@@ -71,16 +73,15 @@ class CityscapesSemSegEvaluator(SemSegEvaluator):
     def reset(self) -> None:
         super().reset()
         self._pairs: List[tuple] = []
-        if self._fixed_pred_dir is not None:
-            self._pred_dir = self._fixed_pred_dir
-        else:
-            # One temporary folder for all processes: rank 0 creates it and shares the path.
-            path = tempfile.mkdtemp(prefix="cityscapes_eval_") if comm.is_main_process() else None
-            self._pred_dir = comm.all_gather(path)[0]
+        # Without an output_dir, each process writes into its own temporary folder, made on
+        # first use and removed after evaluate() (rank 0 reads the files by their full path).
+        self._pred_dir = self._fixed_pred_dir
 
     def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
         """As ``SemSegEvaluator.process``, and write each prediction as a ``labelIds`` PNG."""
         super().process(inputs, outputs)
+        if self._pred_dir is None:
+            self._pred_dir = tempfile.mkdtemp(prefix="cityscapes_eval_")
         os.makedirs(self._pred_dir, exist_ok=True)
         for inp, out in zip(inputs, outputs):
             label_file = inp.get("sem_seg_file_name")
@@ -102,16 +103,23 @@ class CityscapesSemSegEvaluator(SemSegEvaluator):
         results = super().evaluate()
         pairs = [p for part in comm.gather(self._pairs, dst=0) for p in part]
         comm.synchronize()  # every prediction file is written before rank 0 reads them
-        if not comm.is_main_process():
-            return OrderedDict()
-        if not pairs:
-            logger.warning("CityscapesSemSegEvaluator: no prediction to evaluate")
+        try:
+            if not comm.is_main_process():
+                return OrderedDict()
+            if not pairs:
+                logger.warning("CityscapesSemSegEvaluator: no prediction to evaluate")
+                return results
+            cs = run_cityscapes_pixel_eval([p for p, _ in pairs], [g for _, g in pairs])
+            results["cityscapes_sem_seg"] = cs
+            logger.info(
+                "Cityscapes official evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in cs.items())
+            )
             return results
-        preds, gts = [p for p, _ in pairs], [g for _, g in pairs]
-        cs = run_cityscapes_pixel_eval(preds, gts)
-        results["cityscapes_sem_seg"] = cs
-        logger.info("Cityscapes official evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in cs.items()))
-        return results
+        finally:
+            comm.synchronize()  # rank 0 has read every file
+            if self._fixed_pred_dir is None and self._pred_dir is not None:
+                shutil.rmtree(self._pred_dir, ignore_errors=True)
+                self._pred_dir = None
 
 
 def run_cityscapes_pixel_eval(prediction_files: List[str], gt_label_ids_files: List[str]) -> Dict[str, float]:
@@ -149,7 +157,12 @@ def run_cityscapes_pixel_eval(prediction_files: List[str], gt_label_ids_files: L
         cs_eval.args.bold = cs_eval.args.nocol = ""
         cs_eval.args.quiet = True
         try:
-            out = cs_eval.evaluateImgLists(list(prediction_files), list(gt_label_ids_files), cs_eval.args)
+            with warnings.catch_warnings():
+                # cityscapesscripts 2.3.0 calls np.in1d, deprecated since numpy 2.0
+                warnings.simplefilter("ignore", DeprecationWarning)
+                out = cs_eval.evaluateImgLists(
+                    list(prediction_files), list(gt_label_ids_files), cs_eval.args
+                )
         except SystemExit as e:  # printError() exits the interpreter; make it an exception
             raise RuntimeError(
                 "cityscapesscripts' evaluation rejected the files (see the message printed above)"

@@ -185,6 +185,12 @@ def test_demo_dataset_generated(tmp_path, monkeypatch):
     assert build_demo_sem_seg(str(tmp_path)) == str(folder)
 
 
+def test_demo_incomplete_folder_is_reported(tmp_path):
+    (tmp_path / "demo_sem_seg").mkdir()
+    with pytest.raises(RuntimeError, match="demo_sem_seg.*not a complete"):
+        build_demo_sem_seg(str(tmp_path))
+
+
 # ------------------------------------------------------------------ transforms and mapper
 def test_random_crop_respects_category_area():
     torch.manual_seed(0)

@@ -206,3 +206,7 @@ def test_instances_ops():
         inst.missing_field
     moved = inst.to(torch.float64)
     assert moved.boxes.dtype == torch.float64 and moved.image_size == (10, 20)
+    import pickle  # data-loader workers pickle mapped inputs
+
+    back = pickle.loads(pickle.dumps(inst))
+    assert back.image_size == (10, 20) and torch.equal(back.boxes, inst.boxes) and back.names == inst.names

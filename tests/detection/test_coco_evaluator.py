@@ -125,3 +125,29 @@ def test_out_of_range_class_is_an_error(eval_dataset):
     ev.process([d], [_pred([[0, 0, 5, 5]], [0.9], [7], (d["height"], d["width"]))])
     with pytest.raises(ValueError, match="NUM_CLASSES"):
         ev.evaluate()
+
+
+@pytest.mark.slow  # two spawned Gloo processes importing torch: 20-60 s on 2 shared cores
+def test_two_processes_equal_one(eval_dataset, tmp_path):
+    """Two Gloo processes, half of the images each: rank 0's result equals one process's."""
+    import importlib.util
+    import pickle
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("_coco_dist_worker", os.path.join(here, "_coco_dist_worker.py"))
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    image_root = os.path.join(os.path.dirname(eval_dataset["json"]), "img")
+    out = tmp_path / "merged.pkl"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(here)))
+    proc = subprocess.run([sys.executable, os.path.join(here, "_coco_dist_worker.py"), eval_dataset["json"],
+                           image_root, str(out)], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = pickle.loads(out.read_bytes())["bbox"]
+    single = worker.evaluate(eval_dataset["json"], image_root)["bbox"]
+    assert merged.keys() == single.keys()
+    for k in single:
+        assert merged[k] == pytest.approx(single[k], abs=1e-12), k
+    assert 0 < single["AP"] < 100

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bcd.config import get_cfg
 from bcd.distill.losses import KD_LOSS_REGISTRY, FeatureShape, KDContext

@@ -253,3 +253,21 @@ def test_gfl_trains_on_a_1x1_top_level(tiny_cfg):
     assert gn.num_groups == 16 and gn.num_channels == 32
     losses = model(_inputs(sizes=((64, 64), (64, 64))))
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("config", ["configs/coco/retinanet_r18.yaml", "configs/coco/gfl_r18.yaml"])
+def test_coco_configs_build_and_run(config):
+    import os
+
+    from bcd.config import get_cfg
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(repo, config))
+    model = build_model(cfg)
+    shapes = model.backbone.output_shape()
+    assert list(shapes) == ["p3", "p4", "p5", "p6", "p7"] and shapes["p7"].stride == 128
+    assert model.num_classes == 80 and model.size_divisibility == 32
+    model.train()
+    losses = model(_inputs(sizes=((96, 128),)))
+    assert all(torch.isfinite(v) for v in losses.values())

@@ -95,8 +95,13 @@ def test_demo_detector_trains_to_nontrivial_ap(tmp_path, monkeypatch, config):
 
 
 @pytest.mark.slow
-def test_bcd_detector_distillation_on_custom_json(tmp_path, monkeypatch):
-    """configs/coco/bcd_retinanet_r50.yaml, shrunk on the command line, on a custom COCO json."""
+@pytest.mark.parametrize("source", ["custom", "builtin"])
+def test_bcd_detector_distillation_on_custom_json(tmp_path, monkeypatch, source):
+    """configs/coco/bcd_retinanet_r50.yaml, shrunk on the command line, on a custom COCO json
+    given on the command line, or on the builtin coco_2017_* names with the COCO folder layout
+    present under $BCD_DATASETS (generated images standing in for COCO's)."""
+    import shutil
+
     from bcd.config import get_cfg
     from bcd.data.datasets.demo_coco import build_demo_coco
     from bcd.modeling.meta_arch import build_model
@@ -116,7 +121,16 @@ def test_bcd_detector_distillation_on_custom_json(tmp_path, monkeypatch):
                    "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0",
                    "KD.TEACHER.WEIGHTS", teacher_w, "KD.TEACHER.OPTS", str(tiny + ["MODEL.RESNETS.DEPTH", "18"]),
                    "KD.BCD_HFA.DIM", "16", "OUTPUT_DIR", str(tmp_path / "out")]
-    opts += _custom("t_bcd_custom", os.path.join(demo, "annotations", "val.json"), os.path.join(demo, "val"))
+    if source == "custom":
+        opts += _custom("t_bcd_custom", os.path.join(demo, "annotations", "val.json"), os.path.join(demo, "val"))
+    else:
+        coco = tmp_path / "datasets" / "coco"
+        os.makedirs(coco / "annotations")
+        for split in ("train", "val"):
+            shutil.copytree(os.path.join(demo, "val"), coco / f"{split}2017")
+            shutil.copy(os.path.join(demo, "annotations", "val.json"),
+                        coco / "annotations" / f"instances_{split}2017.json")
+        monkeypatch.setenv("BCD_DATASETS", str(tmp_path / "datasets"))
     res = _run(["--config-file", "configs/coco/bcd_retinanet_r50.yaml", *opts])
     assert set(_bbox(res)) >= {"AP", "AP50", "AP75", "APs", "APm"}
     metrics = [json.loads(line) for line in open(tmp_path / "out" / "metrics.json")]

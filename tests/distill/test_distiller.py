@@ -185,3 +185,17 @@ def test_state_dict_resume_is_exact(teacher_files):
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
     assert a.kd_modules["context"].temperature.value == pytest.approx(1.05 ** 4)
+
+
+def test_optimizer_gives_kd_modules_their_lr_multiplier(distiller):
+    from bcd.solver import build_optimizer
+
+    cfg = distiller.cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.BASE_LR = 0.01
+    opt = build_optimizer(cfg, distiller)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    kd = distiller.kd_modules["fitnet"].connectors[0].proj[0].weight
+    stem = next(distiller.student.parameters())
+    assert lr_of[id(kd)] == pytest.approx(0.1) and lr_of[id(stem)] == pytest.approx(0.01)
+    assert not {id(p) for p in distiller.teacher.parameters()} & set(lr_of)

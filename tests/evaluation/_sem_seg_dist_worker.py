@@ -4,7 +4,6 @@ images of ``make_sem_seg_samples`` and rank 0 pickles the merged result to ``arg
 A script (not a test-module function) because pytest imports test modules under names that a
 spawned child process cannot import again.
 """
-import os
 import pickle
 import socket
 import sys

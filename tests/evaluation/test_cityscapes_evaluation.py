@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -119,3 +118,27 @@ def test_cityscapes_evaluator_equals_official_cli(tmp_path, cfg):
 def test_train_id_to_label_id():
     pred = np.array([[0, 1, 2], [13, 18, 10]])
     assert train_id_to_label_id(pred).tolist() == [[7, 8, 11], [26, 33, 23]]
+
+
+def test_cityscapes_evaluator_without_output_dir_cleans_up(tmp_path):
+    """Without an output_dir the predictions go to a temporary folder, removed afterwards; the
+    numbers are those of the run with an output_dir."""
+    root = str(tmp_path / "cityscapes")
+    dicts, preds = _make_cityscapes(root, seed=1)
+    name = "_test_cityscapes_val_tmp"
+    if name not in MetadataCatalog or MetadataCatalog.get(name).get("stuff_classes") is None:
+        MetadataCatalog.get(name).set(
+            stuff_classes=[l.name for l in sorted((l for l in cs_labels.labels if 0 <= l.trainId < 255), key=lambda l: l.trainId)],
+            ignore_label=255,
+        )
+    results = []
+    for out in (None, str(tmp_path / "out")):
+        ev = CityscapesSemSegEvaluator(name, output_dir=out)
+        for d, p in zip(dicts, preds):
+            ev.process([d], [{"sem_seg": p}])
+        tmp_dir = ev._pred_dir
+        results.append(ev.evaluate())
+        if out is None:
+            assert not os.path.exists(tmp_dir)
+    assert results[0]["cityscapes_sem_seg"] == results[1]["cityscapes_sem_seg"]
+    assert set(results[0]["cityscapes_sem_seg"]) == {"IoU", "IoU_sup", "iIoU", "iIoU_sup"}

@@ -235,3 +235,66 @@ def test_boundary_iou_in_evaluator_hand_computed():
     ev.reset()
     ev.process([{"sem_seg": torch.from_numpy(gt)}], [{"sem_seg": onehot(gt)}])
     assert ev.evaluate()["sem_seg"]["BIoU-sq"] == pytest.approx(100.0)
+
+
+def test_pipeline_loader_mapper_inference_evaluator(tmp_path, cfg):
+    """Dataset dicts -> SemSegDatasetMapper -> test loader -> inference_on_dataset -> evaluator,
+    with a 'model' that outputs the ground truth at (height, width) on labelled pixels and
+    class 0 on the ignored ones: 100 on every metric, the exact pixel count in the matrix."""
+    from PIL import Image
+
+    from bcd.data import DatasetCatalog
+    from bcd.data.build import build_test_loader
+    from bcd.evaluation import inference_on_dataset
+
+    rng = np.random.default_rng(0)
+    dicts, total = [], 0
+    for i, (h, w) in enumerate([(20, 30), (26, 18)]):
+        lab = np.kron(rng.integers(0, 3, (h // 2, w // 2)), np.ones((2, 2), np.int64)).astype(np.uint8)
+        lab[0, :5] = 255
+        total += int((lab != 255).sum())
+        Image.fromarray(lab).save(tmp_path / f"l{i}.png")
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"i{i}.png")
+        dicts.append({"file_name": str(tmp_path / f"i{i}.png"), "sem_seg_file_name": str(tmp_path / f"l{i}.png"),
+                      "height": h, "width": w, "image_id": i})
+    name = "_test_pipeline_sem_seg"
+    if name not in DatasetCatalog:
+        DatasetCatalog.register(name, lambda: dicts)
+        MetadataCatalog.get(name).set(stuff_classes=["a", "b", "c"], ignore_label=255, evaluator_type="sem_seg")
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 3
+    cfg.INPUT.BASE_SIZE = [16, 16]  # the test image is resized; outputs and labels are not
+    cfg.DATALOADER.NUM_WORKERS = 0
+
+    def model(batch):
+        outs = []
+        for inp in batch:
+            assert inp["image"].shape[1:] != (inp["height"], inp["width"])  # resized input
+            gt = read_gt(inp["sem_seg_file_name"])
+            outs.append({"sem_seg": torch.nn.functional.one_hot(torch.from_numpy(np.where(gt == 255, 0, gt)), 3)
+                         .permute(2, 0, 1).float()})
+        return outs
+
+    def read_gt(path):
+        return np.asarray(Image.open(path)).astype(np.int64)
+
+    ev = build_evaluator(cfg, name, str(tmp_path / "out"))
+    res = inference_on_dataset(model, build_test_loader(cfg, name), ev)["sem_seg"]
+    for key in ("mIoU", "fwIoU", "mACC", "pACC", "mBIoU"):
+        assert res[key] == pytest.approx(100.0), key
+    saved = json.loads((tmp_path / "out" / "sem_seg_evaluation.json").read_text())
+    assert np.array(saved["confusion_matrix"]).sum() == total
+
+
+@pytest.mark.parametrize("offset", [0, 300])  # uint8 and uint16 code paths
+def test_label_map_boundary_equals_per_class_brute_force(offset):
+    from bcd.evaluation.boundary import label_map_boundary
+
+    rng = np.random.default_rng(offset)
+    for _ in range(10):
+        h, w = (int(v) for v in rng.integers(3, 20, size=2))
+        d = int(rng.integers(1, 4))
+        lab = rng.integers(0, 4, (h, w)) + offset
+        ref = np.zeros((h, w), bool)
+        for c in np.unique(lab):
+            ref |= brute_boundary(lab == c, d)
+        np.testing.assert_array_equal(label_map_boundary(lab, d), ref)

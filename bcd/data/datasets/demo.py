@@ -135,7 +135,8 @@ def _shape_mask(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
     else:  # triangle with a minimum area, so it is not a sliver
         for _ in range(20):
             pts = np.array([cx, cy])[None] + rng.integers(-24, 25, size=(3, 2))
-            area = 0.5 * abs(np.cross(pts[1] - pts[0], pts[2] - pts[0]))
+            (ax, ay), (bx, by) = pts[1] - pts[0], pts[2] - pts[0]
+            area = 0.5 * abs(int(ax) * int(by) - int(ay) * int(bx))
             if area > 150:
                 break
         cv2.fillPoly(m, [pts.astype(np.int32).clip(0, size - 1)], 1, lineType=cv2.LINE_8)
@@ -230,6 +231,11 @@ def build_demo_sem_seg(root: str | None = None, overwrite: bool = False) -> str:
     final = demo_sem_seg_root(root)
     if os.path.isdir(final):
         if not overwrite:
+            if not os.path.isfile(os.path.join(final, "README.txt")):
+                raise RuntimeError(
+                    f"'{final}' exists but is not a complete demo dataset (no README.txt); delete "
+                    f"it or rebuild with: python -m bcd.data.datasets.demo --overwrite"
+                )
             return final
         shutil.rmtree(final)
     parent = os.path.dirname(os.path.abspath(final))
@@ -250,10 +256,7 @@ def build_demo_sem_seg(root: str | None = None, overwrite: bool = False) -> str:
 
 def ensure_demo_sem_seg(root: str | None = None) -> str:
     """The demo dataset's folder, generating it first if it does not exist."""
-    folder = demo_sem_seg_root(root)
-    if not os.path.isfile(os.path.join(folder, "README.txt")):
-        folder = build_demo_sem_seg(root)
-    return folder
+    return build_demo_sem_seg(root)  # returns at once when the dataset is there
 
 
 def _loader(split: str):
