@@ -59,6 +59,11 @@ def setup(args: argparse.Namespace):
             f"MODEL.DEVICE is '{cfg.MODEL.DEVICE}' but CUDA is not available; use MODEL.DEVICE cpu"
         )
     cfg.freeze()
+    # Datasets are registered and checked before default_setup writes anything, so a missing
+    # folder or a malformed annotation file fails at once and leaves OUTPUT_DIR untouched.
+    from bcd.data.datasets import register_from_config
+
+    register_from_config(cfg, splits=("TEST",) if args.eval_only else ("TRAIN", "TEST"))
     default_setup(cfg, args)
     return cfg
 
@@ -67,9 +72,6 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """Train (returns the final evaluation results) or, with ``--eval-only``, evaluate."""
     cfg = setup(args)
     if args.eval_only:
-        from bcd.data.datasets import register_from_config
-
-        register_from_config(cfg)
         model = Trainer.build_model(cfg)
         checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR)
         if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):

@@ -413,7 +413,7 @@ class DefaultTrainer(TrainerBase):
         from ..data.datasets import register_from_config
         from ..evaluation import flatten_results_dict, inference_on_dataset, print_csv_format
 
-        register_from_config(cfg)
+        register_from_config(cfg, splits=("TEST",))
         names = list(cfg.DATASETS.TEST)
         if evaluators is not None and len(evaluators) != len(names):
             raise ValueError(

@@ -6,7 +6,9 @@ import os
 import pytest
 import torch
 
+import bcd.data.datasets  # noqa: F401  (registers the builtin datasets)
 from bcd.config import get_cfg
+from bcd.data.catalog import DatasetCatalog
 from bcd.modeling import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,6 +42,8 @@ def test_config_builds(path):
     assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == CLASSES[dataset]
     assert cfg.SOLVER.MAX_ITER == (80000 if dataset == "ade20k" else 40000)
     assert cfg.SOLVER.BASE_LR == 0.01 and cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR"
+    for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
+        assert name in DatasetCatalog, f"{path}: dataset '{name}' is not registered"
     weights = cfg.MODEL.BACKBONE.WEIGHTS
     if "_0.5" in path:
         assert weights == ""  # no ImageNet file exists at width 0.5

@@ -32,12 +32,13 @@ def get_datasets_root() -> str:
     return os.path.expanduser(os.environ.get("BCD_DATASETS", "datasets"))
 
 
-def register_from_config(cfg) -> None:
+def register_from_config(cfg, splits: Iterable[str] = ("TRAIN", "TEST")) -> None:
     """Register the datasets of ``cfg.DATASETS.CUSTOM`` (a list of dicts, see datasets/README.md).
 
     An entry already registered under the same name is left as it is, so calling this twice
-    (trainer and evaluator) is harmless. Then ``check_datasets`` runs on ``DATASETS.TRAIN`` and
-    ``DATASETS.TEST``.
+    (trainer and evaluator) is harmless. Then ``check_datasets`` runs on the datasets of
+    ``cfg.DATASETS.<split>`` for each of ``splits`` (``("TEST",)`` for ``--eval-only``, so a
+    machine holding only the validation data can evaluate).
     """
     for i, entry in enumerate(cfg.DATASETS.CUSTOM):
         entry = dict(entry)
@@ -52,7 +53,7 @@ def register_from_config(cfg) -> None:
         if name in DatasetCatalog:
             continue
         CUSTOM_DATASET_TYPES[kind](entry)
-    check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    check_datasets([name for split in splits for name in cfg.DATASETS[split]])
 
 
 # Task modules register their builtin datasets and their CUSTOM_DATASET_TYPES entry on import.

@@ -7,7 +7,7 @@ from functools import partial
 from typing import Callable, Dict, Iterable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 __all__ = [

@@ -1,7 +1,7 @@
 """``SemanticSegmentor``: backbone + decode head (+ FCN auxiliary head in training)."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
