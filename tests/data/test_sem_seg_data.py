@@ -285,3 +285,15 @@ def test_loader_worker_error_names_bad_file(tmp_path, cfg):
     with pytest.raises(Exception, match="zz_corrupt.png"):
         for _ in loader:
             pass
+
+
+def test_demo_older_version_is_rebuilt(tmp_path):
+    folder = build_demo_sem_seg(str(tmp_path))
+    readme = os.path.join(folder, "README.txt")
+    stale = open(readme).read().replace("(version ", "(version 0")  # e.g. "(version 02,"
+    with open(readme, "w") as f:
+        f.write(stale)
+    os.remove(os.path.join(folder, "JPEGImages", "demo_000000.jpg"))
+    assert build_demo_sem_seg(str(tmp_path)) == folder
+    assert os.path.isfile(os.path.join(folder, "JPEGImages", "demo_000000.jpg"))  # rebuilt
+    assert "(version 0" not in open(readme).read()
