@@ -140,7 +140,11 @@ def build_report(
             "flops": count_flops(model, size) if model is not None else None,
         })
     keys = sorted({k for r in rows for k in r["metrics"]})
-    metrics = [m for m in _MAIN_METRICS if m in keys] + [k for k in keys if k not in _MAIN_METRICS]
+    # Table columns: the main metrics, then the other aggregates; per-class entries ("IoU-<c>")
+    # stay in the rows' metrics (kd_report.json).
+    metrics = [m for m in _MAIN_METRICS if m in keys] + [
+        k for k in keys if k not in _MAIN_METRICS and "-" not in k.split("/")[-1]
+    ]
     gain = {
         k: student[1][k] - baseline[1][k] for k in metrics if k in student[1] and k in baseline[1]
     }
