@@ -310,7 +310,16 @@ def build_train_loader(
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         collate_fn=trivial_batch_collator,
         worker_init_fn=_worker_init_fn,
+        # Its own generator: starting an iterator must not draw from the global RNG, or a
+        # resumed run (iterator started after the RNG states are restored) would diverge.
+        generator=_loader_generator(),
     )
+
+
+def _loader_generator() -> torch.Generator:
+    """A fixed-seed generator for a DataLoader's own draws (worker base seeds). Augmentations
+    do not depend on it: ``MapDataset`` seeds each sample from its stream position."""
+    return torch.Generator().manual_seed(0)
 
 
 def build_test_loader(
@@ -328,4 +337,5 @@ def build_test_loader(
         batch_sampler=torchdata.BatchSampler(sampler, 1, drop_last=False),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         collate_fn=trivial_batch_collator,
+        generator=_loader_generator(),
     )

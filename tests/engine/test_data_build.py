@@ -115,6 +115,18 @@ def test_train_loader_batches_and_resume_position(cfg, tmp_path):
     assert ids == list(range(T.TRAIN_SIZE, T.TRAIN_SIZE + T.VAL_SIZE))
 
 
+def test_starting_a_loader_leaves_the_global_rng_alone(cfg, tmp_path):
+    # A resumed run starts its iterator after restoring the RNG states; if that drew from the
+    # global generator, dropout masks after a resume would differ from an uninterrupted run.
+    cfg.merge_from_list(T.base_opts(str(tmp_path)))
+    for loader in (build_train_loader(cfg), build_test_loader(cfg, "toy_val")):
+        torch.manual_seed(123)
+        expected = torch.rand(3)
+        torch.manual_seed(123)
+        iter(loader)
+        assert torch.equal(torch.rand(3), expected)
+
+
 def test_unknown_mapper_and_dataset_are_clear_errors(cfg):
     cfg.INPUT.DATASET_MAPPER_NAME = "NoSuchMapper"
     with pytest.raises(KeyError, match="NoSuchMapper"):

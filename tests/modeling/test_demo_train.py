@@ -28,9 +28,7 @@ def _train_net():
     "config,min_miou",
     [("teacher_pspnet_r18.yaml", 60.0), ("student_pspnet_r18_w025.yaml", 35.0)],
 )
-def test_demo_train_then_eval_only(request, tmp_path, monkeypatch, config, min_miou):
-    if "slow" not in (request.config.getoption("-m") or ""):
-        pytest.skip("end-to-end training of minutes: run with -m slow")
+def test_demo_train_then_eval_only(tmp_path, monkeypatch, config, min_miou):
     # the generated dataset is cached under $BCD_DATASETS; reuse a shared one when it is set
     monkeypatch.setenv("BCD_DATASETS", os.environ.get("BCD_DATASETS", str(tmp_path / "datasets")))
     tn = _train_net()
