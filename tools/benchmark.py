@@ -278,7 +278,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     md = [
         "# Distillation cost", "",
         f"Device: {args.device} ({res['threads']} threads); demo teacher (PSPNet R18×0.5) and student "
-        f"(PSPNet R18×0.25); batch {args.batch} of {args.size}×{args.size}; mean of {args.iters} steps "
+        f"(PSPNet R18×0.25); batch {args.batch} of {args.size}×{args.size}; minimum over {args.iters} steps "
         "after one warm-up step.", "",
         "Times are the minimum over the steps (other processes share the CPU); student step and "
         "teacher forward are timed in the same process, interleaved with the distillation step.", "",
