@@ -40,7 +40,7 @@ downsampling of the label to the grid).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -251,6 +251,40 @@ class DistillLoss(nn.Module):
         }
 
     # Subclasses implement forward(student_feats, teacher_feats, ctx) -> Dict[str, Tensor].
+
+
+class FeaturePairLoss(DistillLoss):
+    """A loss over ``(student, teacher)`` feature pairs (``STUDENT_FEATURES[i]`` with
+    ``TEACHER_FEATURES[i]``), each pair joined by a ``Connector`` that maps the student feature to
+    the teacher's channels and spatial size (CWD, FitNet, structured KD ...)."""
+
+    def build_connectors(self, cfg: CN, norm: str, force_conv: bool = False) -> None:
+        """One ``Connector`` per pair, in ``self.connectors`` (trained with the student).
+
+        Args:
+            norm: the connectors' norm layer (``KD.CONNECTOR.NORM`` or the loss's own).
+            force_conv: a 1×1 conv even when the channel counts already agree (FitNet).
+        """
+        from ..connectors import Connector
+
+        self.connectors = nn.ModuleList(
+            Connector(self.student_shapes[sn].channels, self.teacher_shapes[tn].channels, norm,
+                      cfg.KD.CONNECTOR.SPATIAL, force_conv=force_conv)
+            for sn, tn in zip(self.student_features, self.teacher_features)
+        )
+
+    def aligned_pairs(
+        self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any], ctx: KDContext
+    ) -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
+        """Yield, per pair, ``(student, teacher, valid)``: the student feature through its
+        connector and the detached teacher feature, both ``B×C_t×h×w`` on the teacher's grid, and
+        the ``B×h×w`` bool mask of cells that carry weight (all True when ``MASK`` is off)."""
+        for conn, sn, tn in zip(self.connectors, self.student_features, self.teacher_features):
+            t = as_tensor_feature(teacher_feats[tn], tn).detach()
+            size = (int(t.shape[-2]), int(t.shape[-1]))
+            s = conn(as_tensor_feature(student_feats[sn], sn), size)
+            valid = ctx.valid_mask(size) if self.node.MASK else torch.ones_like(t[:, 0], dtype=torch.bool)
+            yield s, t, valid
 
 
 def as_tensor_feature(value: Any, name: str) -> Tensor:

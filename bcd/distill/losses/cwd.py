@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from bcd.config import CfgNode as CN
 
-from ..connectors import Connector
 from ._functional import masked_kl
-from .base import DistillLoss, KDContext, add_common_loss_config, as_tensor_feature
+from .base import FeaturePairLoss, KDContext, add_common_loss_config
 from .build import KD_LOSS_REGISTRY
 
 __all__ = ["ChannelWiseDistillation", "add_config", "cwd_loss"]
@@ -46,7 +44,7 @@ def cwd_loss(s: Tensor, t: Tensor, valid: Tensor, tau: float) -> Tensor:
 
 
 @KD_LOSS_REGISTRY.register()
-class ChannelWiseDistillation(DistillLoss):
+class ChannelWiseDistillation(FeaturePairLoss):
     """CWD; entry ``loss_kd_cwd``."""
 
     CONFIG_KEY = "CWD"
@@ -54,19 +52,10 @@ class ChannelWiseDistillation(DistillLoss):
 
     def __init__(self, cfg, student_shapes, teacher_shapes, shared=None) -> None:
         super().__init__(cfg, student_shapes, teacher_shapes, shared)
-        self.connectors = nn.ModuleList(
-            Connector(student_shapes[sn].channels, teacher_shapes[tn].channels, self.node.CONNECTOR_NORM,
-                      cfg.KD.CONNECTOR.SPATIAL)
-            for sn, tn in zip(self.student_features, self.teacher_features)
-        )
+        self.build_connectors(cfg, self.node.CONNECTOR_NORM)
 
     def forward(self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any], ctx: KDContext):
         total = 0.0
-        for conn, sn, tn in zip(self.connectors, self.student_features, self.teacher_features):
-            t = as_tensor_feature(teacher_feats[tn], tn).detach()
-            s = conn(as_tensor_feature(student_feats[sn], sn), tuple(t.shape[-2:]))
-            valid = ctx.valid_mask(tuple(t.shape[-2:])) if self.node.MASK else torch.ones_like(
-                t[:, 0], dtype=torch.bool
-            )
+        for s, t, valid in self.aligned_pairs(student_feats, teacher_feats, ctx):
             total = total + cwd_loss(s, t, valid, float(self.node.TEMPERATURE))
         return {self.loss_key: total / len(self.connectors)}

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from bcd.config import CfgNode as CN
 
-from ..connectors import Connector
-from .base import DistillLoss, KDContext, add_common_loss_config, as_tensor_feature
+from .base import FeaturePairLoss, KDContext, add_common_loss_config
 from .build import KD_LOSS_REGISTRY
 
 __all__ = ["FitNet", "add_config", "masked_mse"]
@@ -35,7 +33,7 @@ def masked_mse(s: Tensor, t: Tensor, valid: Tensor) -> Tensor:
 
 
 @KD_LOSS_REGISTRY.register()
-class FitNet(DistillLoss):
+class FitNet(FeaturePairLoss):
     """FitNet; entry ``loss_kd_fitnet``."""
 
     CONFIG_KEY = "FITNET"
@@ -43,19 +41,10 @@ class FitNet(DistillLoss):
 
     def __init__(self, cfg, student_shapes, teacher_shapes, shared=None) -> None:
         super().__init__(cfg, student_shapes, teacher_shapes, shared)
-        self.connectors = nn.ModuleList(
-            Connector(student_shapes[sn].channels, teacher_shapes[tn].channels, self.node.CONNECTOR_NORM,
-                      cfg.KD.CONNECTOR.SPATIAL, force_conv=True)
-            for sn, tn in zip(self.student_features, self.teacher_features)
-        )
+        self.build_connectors(cfg, self.node.CONNECTOR_NORM, force_conv=True)
 
     def forward(self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any], ctx: KDContext):
         total = 0.0
-        for conn, sn, tn in zip(self.connectors, self.student_features, self.teacher_features):
-            t = as_tensor_feature(teacher_feats[tn], tn).detach()
-            s = conn(as_tensor_feature(student_feats[sn], sn), tuple(t.shape[-2:]))
-            valid = ctx.valid_mask(tuple(t.shape[-2:])) if self.node.MASK else torch.ones_like(
-                t[:, 0], dtype=torch.bool
-            )
+        for s, t, valid in self.aligned_pairs(student_feats, teacher_feats, ctx):
             total = total + masked_mse(s, t, valid)
         return {self.loss_key: total / len(self.connectors)}

@@ -23,8 +23,7 @@ from torch import Tensor, nn
 
 from bcd.config import CfgNode as CN
 
-from ..connectors import Connector
-from .base import DistillLoss, KDContext, add_common_loss_config, as_tensor_feature
+from .base import FeaturePairLoss, KDContext, add_common_loss_config
 from .build import KD_LOSS_REGISTRY
 
 __all__ = ["StructuredKD", "add_config", "node_features", "pairwise_similarity_loss"]
@@ -66,7 +65,7 @@ def pairwise_similarity_loss(fs: Tensor, ft: Tensor, vs: Tensor) -> Tensor:
 
 
 @KD_LOSS_REGISTRY.register()
-class StructuredKD(DistillLoss):
+class StructuredKD(FeaturePairLoss):
     """Structured-KD pair-wise term; entry ``loss_kd_structured``."""
 
     CONFIG_KEY = "STRUCTURED_KD"
@@ -74,20 +73,11 @@ class StructuredKD(DistillLoss):
 
     def __init__(self, cfg, student_shapes, teacher_shapes, shared=None) -> None:
         super().__init__(cfg, student_shapes, teacher_shapes, shared)
-        self.connectors = nn.ModuleList(
-            Connector(student_shapes[sn].channels, teacher_shapes[tn].channels, cfg.KD.CONNECTOR.NORM,
-                      cfg.KD.CONNECTOR.SPATIAL)
-            for sn, tn in zip(self.student_features, self.teacher_features)
-        )
+        self.build_connectors(cfg, cfg.KD.CONNECTOR.NORM)
 
     def forward(self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any], ctx: KDContext):
         total = 0.0
-        for conn, sn, tn in zip(self.connectors, self.student_features, self.teacher_features):
-            t = as_tensor_feature(teacher_feats[tn], tn).detach()
-            s = conn(as_tensor_feature(student_feats[sn], sn), tuple(t.shape[-2:]))
-            valid = ctx.valid_mask(tuple(t.shape[-2:])) if self.node.MASK else torch.ones_like(
-                t[:, 0], dtype=torch.bool
-            )
+        for s, t, valid in self.aligned_pairs(student_feats, teacher_feats, ctx):
             fs, vs = node_features(s, valid, self.node.VARIANT, float(self.node.POOL_SCALE))
             ft, _ = node_features(t, valid, self.node.VARIANT, float(self.node.POOL_SCALE))
             total = total + pairwise_similarity_loss(fs, ft, vs)
