@@ -19,7 +19,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from bcd.config import CfgNode as CN
 
