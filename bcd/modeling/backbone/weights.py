@@ -1,7 +1,7 @@
 """Load a local ImageNet-pretrained file with torchvision key names into one of our backbones.
 
 Nothing is downloaded: ``MODEL.BACKBONE.WEIGHTS`` names a file on disk (e.g. torchvision's
-``resnet101-cd907fdc.pth``, which torchvision itself fetches from
+``resnet101-63fe2227.pth``, which torchvision itself fetches from
 ``https://download.pytorch.org/models/``). Our backbones rename torchvision's modules (``layer1``
 becomes ``res2``), so each backbone gives a function mapping a torchvision key to ours (or to
 ``None`` for keys it does not use, such as the classifier ``fc.*``).
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 # Printed with a missing-file error: where the files named in our configs come from.
 _WHERE = (
     "Pretrained backbone files are not downloaded by bcd: copy torchvision's file (e.g. "
-    "resnet101-cd907fdc.pth from https://download.pytorch.org/models/, or the file that "
+    "resnet101-63fe2227.pth from https://download.pytorch.org/models/, or the file that "
     "`torchvision.models.resnet101(weights='IMAGENET1K_V1')` caches under "
     "~/.cache/torch/hub/checkpoints/) to that path, or set MODEL.BACKBONE.WEIGHTS \"\" to train "
     "from random initialisation."
