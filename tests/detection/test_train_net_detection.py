@@ -110,7 +110,8 @@ def test_bcd_detector_distillation_on_custom_json(tmp_path, monkeypatch, source)
     tiny = ["MODEL.RESNETS.WIDTH_MULTIPLIER", "0.25", "MODEL.FPN.OUT_CHANNELS", "32",
             "MODEL.RETINANET.NUM_CONVS", "1", "MODEL.RETINANET.NUM_CLASSES", "3",
             "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192",
-            "INPUT.MAX_SIZE_TRAIN", "192", "MODEL.BACKBONE.FREEZE_AT", "0", "MODEL.BACKBONE.NORM", "BN"]
+            "INPUT.MAX_SIZE_TRAIN", "192", "MODEL.BACKBONE.FREEZE_AT", "0", "MODEL.BACKBONE.NORM", "BN",
+            "MODEL.BACKBONE.WEIGHTS", ""]
     tcfg = get_cfg()
     tcfg.merge_from_file("configs/coco/retinanet_r101.yaml")
     tcfg.merge_from_list(tiny + ["MODEL.RESNETS.DEPTH", "18"])
