@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from bcd.config import CfgNode, get_cfg
+from bcd.engine.checkpoint import state_dict_mismatch
 from bcd.modeling.meta_arch.build import META_ARCH_REGISTRY
 
 from .losses import KD_LOSS_REGISTRY, DistillLoss, FeatureShape, KDContext
@@ -91,29 +92,10 @@ def load_teacher_weights(model: nn.Module, path: str) -> None:
     state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
     if any(k.startswith("student.") for k in state):  # a Distiller checkpoint: take its student
         state = {k[8:]: v for k, v in state.items() if k.startswith("student.")}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(
-        k for k in set(own) & set(state)
-        if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
-    )
-    if missing or unexpected or wrong:
-        def _few(keys: List[str]) -> str:
-            return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
-
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_few(unexpected)}")
-        if wrong:
-            parts.append("shape mismatch: " + _few(
-                [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong]
-            ))
+    problem = state_dict_mismatch(model.state_dict(), state)
+    if problem:
         raise ValueError(
-            f"KD.TEACHER.WEIGHTS '{path}' does not fit the model of KD.TEACHER.CONFIG_FILE: "
-            + "; ".join(parts)
+            f"KD.TEACHER.WEIGHTS '{path}' does not fit the model of KD.TEACHER.CONFIG_FILE: {problem}"
         )
     model.load_state_dict(state, strict=True)
 

@@ -180,7 +180,7 @@ class Checkpointer(_FvCheckpointer):
             candidates.append(("deploy_model()", deployed))
         problems = {}
         for label, target in candidates:
-            problems[label] = _mismatch(target.state_dict(), state)
+            problems[label] = state_dict_mismatch(target.state_dict(), state)
             if not problems[label]:
                 target.load_state_dict(state, strict=True)
                 if label != "model":
@@ -191,7 +191,7 @@ class Checkpointer(_FvCheckpointer):
         model_state = self.model.state_dict()
         for prefix in sorted({k.split(".", 1)[0] + "." for k in state if "." in k}):
             sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            if not _mismatch(model_state, sub):
+            if not state_dict_mismatch(model_state, sub):
                 self.model.load_state_dict(sub, strict=True)
                 ignored = sorted(k for k in state if not k.startswith(prefix))
                 logger.info(
@@ -206,8 +206,9 @@ class Checkpointer(_FvCheckpointer):
         )
 
 
-def _mismatch(model_state: Dict[str, torch.Tensor], ckpt_state: Dict[str, Any], n: int = 5) -> str:
-    """A description of the first ``n`` missing / unexpected / mis-shaped keys ('' if none)."""
+def state_dict_mismatch(model_state: Dict[str, torch.Tensor], ckpt_state: Dict[str, Any], n: int = 5) -> str:
+    """Why ``ckpt_state`` does not load strictly into a model with ``model_state``: the first
+    ``n`` missing, unexpected and mis-shaped keys, or '' when it fits."""
     missing = [k for k in model_state if k not in ckpt_state]
     unexpected = [k for k in ckpt_state if k not in model_state]
     shapes = [
