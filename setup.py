@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "tabulate",
     "termcolor",
     "tqdm",
+    "pysodmetrics>=1.4",  # SOD / COD metrics (object_seg evaluator); pins opencv-python-headless<5
     "pyyaml>=6",
 ]
 
