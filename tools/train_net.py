@@ -61,9 +61,10 @@ def setup(args: argparse.Namespace):
     cfg.freeze()
     # Datasets are registered and checked before default_setup writes anything, so a missing
     # folder or a malformed annotation file fails at once and leaves OUTPUT_DIR untouched.
-    from bcd.data.datasets import register_from_config
+    # Also the class count and ignore value against the datasets' metadata (bcd/engine/validation.py).
+    from bcd.engine.validation import validate_run
 
-    register_from_config(cfg, splits=("TEST",) if args.eval_only else ("TRAIN", "TEST"))
+    validate_run(cfg, splits=("TEST",) if args.eval_only else ("TRAIN", "TEST"))
     default_setup(cfg, args)
     return cfg
 

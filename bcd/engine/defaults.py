@@ -214,9 +214,9 @@ class DefaultTrainer(TrainerBase):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         self.cfg = cfg
-        from ..data.datasets import register_from_config
+        from .validation import validate_run
 
-        register_from_config(cfg)
+        validate_run(cfg)  # datasets registered and checked, class count and ignore value
 
         # The loader first: a missing or malformed dataset fails at once, before a large model
         # (and a teacher) is built. Building it draws no random number when SEED >= 0.

@@ -1,0 +1,149 @@
+"""Start-of-run checks of the config against the datasets: one owner for "bad input before
+training".
+
+``validate_run(cfg, splits)`` is called by ``tools/train_net.py`` before ``default_setup``
+writes anything to ``OUTPUT_DIR`` and again by ``DefaultTrainer.__init__`` (for code that builds
+a trainer directly). It
+
+1. registers ``DATASETS.CUSTOM`` and runs every dataset's own check (``register_from_config``:
+   folders exist, COCO json files are valid and complete for evaluation);
+2. checks the model's class count against the class list in each dataset's metadata
+   (``stuff_classes`` / ``thing_classes``), through ``CLASS_COUNT_KEYS``: one entry per
+   meta-architecture naming the config key of its class count;
+3. for models with an ignore value, checks it against each dataset's ``ignore_label``.
+
+Every failure is a ``ValueError`` naming the config key, the dataset and both values, raised
+before any model is built. A meta-architecture without an entry in ``CLASS_COUNT_KEYS`` is not
+checked (a warning names the table); a new meta-architecture adds its entry with
+``register_class_count_key``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Sequence
+
+from ..data.catalog import MetadataCatalog
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ClassCountKey", "CLASS_COUNT_KEYS", "register_class_count_key", "validate_run"]
+
+
+@dataclass(frozen=True)
+class ClassCountKey:
+    """How a meta-architecture's class count is configured.
+
+    Attributes:
+        num_classes_key: dotted config key of the class count (``"MODEL.RETINANET.NUM_CLASSES"``).
+        metadata_field: the metadata field listing the dataset's classes (``"stuff_classes"`` for
+            semantic segmentation, ``"thing_classes"`` for detection / instances).
+        ignore_value_key: dotted config key of the label value the model ignores, checked against
+            the metadata's ``ignore_label``; ``""`` when the model has none.
+    """
+
+    num_classes_key: str
+    metadata_field: str
+    ignore_value_key: str = ""
+
+
+# META_ARCHITECTURE name -> its keys. Extend with register_class_count_key (a new detector or
+# instance-segmentation meta-architecture registers itself here).
+CLASS_COUNT_KEYS: Dict[str, ClassCountKey] = {
+    "SemanticSegmentor": ClassCountKey(
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "stuff_classes", "MODEL.SEM_SEG_HEAD.IGNORE_VALUE"
+    ),
+    "RetinaNet": ClassCountKey("MODEL.RETINANET.NUM_CLASSES", "thing_classes"),
+    "GFL": ClassCountKey("MODEL.GFL.NUM_CLASSES", "thing_classes"),
+}
+
+
+def register_class_count_key(
+    meta_arch: str, num_classes_key: str, metadata_field: str, ignore_value_key: str = ""
+) -> None:
+    """Declare where ``meta_arch`` keeps its class count (see ``ClassCountKey``)."""
+    CLASS_COUNT_KEYS[meta_arch] = ClassCountKey(num_classes_key, metadata_field, ignore_value_key)
+
+
+def _get_key(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _custom_entry_key(cfg, dataset: str, key: str) -> str:
+    """``DATASETS.CUSTOM['name'].KEY`` when ``dataset`` comes from the config, else the metadata
+    field it is read from (builtin datasets)."""
+    for entry in cfg.DATASETS.CUSTOM:
+        if dict(entry).get("NAME") == dataset:
+            return f"DATASETS.CUSTOM['{dataset}'].{key}"
+    return f"the metadata '{key.lower()}' of builtin dataset '{dataset}'"
+
+
+def check_class_counts(cfg, dataset_names: Sequence[str]) -> None:
+    """Raise ``ValueError`` when the model's class count (or ignore value) disagrees with the
+    metadata of one of ``dataset_names``.
+
+    The model is ``MODEL.META_ARCHITECTURE`` (the student when ``KD.LOSSES`` is set). Datasets
+    whose metadata holds no class list yet (a builtin COCO split before it is loaded) are
+    skipped with a note in the log.
+    """
+    arch = cfg.MODEL.META_ARCHITECTURE
+    spec = CLASS_COUNT_KEYS.get(arch)
+    if spec is None:
+        logger.warning(
+            f"MODEL.META_ARCHITECTURE '{arch}' has no entry in bcd.engine.validation."
+            f"CLASS_COUNT_KEYS: its class count is not checked against the datasets "
+            f"(add one with register_class_count_key)"
+        )
+        return
+    num_classes = int(_get_key(cfg, spec.num_classes_key))
+    for name in dataset_names:
+        meta = MetadataCatalog.get(name)
+        classes = getattr(meta, spec.metadata_field, None)
+        if classes is None:
+            logger.info(
+                f"Dataset '{name}' has no '{spec.metadata_field}' in its metadata before loading; "
+                f"{spec.num_classes_key} is not checked against it"
+            )
+        elif len(classes) != num_classes:
+            raise ValueError(
+                f"{spec.num_classes_key} is {num_classes} but dataset '{name}' has "
+                f"{len(classes)} classes ({spec.metadata_field}: {list(classes)[:10]}"
+                f"{' ...' if len(classes) > 10 else ''}); set {spec.num_classes_key} "
+                f"{len(classes)} (a smaller count trains the other classes as background)"
+            )
+        if spec.ignore_value_key:
+            ignore_label = getattr(meta, "ignore_label", None)
+            ignore_value = int(_get_key(cfg, spec.ignore_value_key))
+            if ignore_label is not None and int(ignore_label) != ignore_value:
+                raise ValueError(
+                    f"Dataset '{name}' marks ignored pixels with {int(ignore_label)} "
+                    f"({_custom_entry_key(cfg, name, 'IGNORE_LABEL')}) but "
+                    f"{spec.ignore_value_key} is {ignore_value}: training would learn the "
+                    f"ignored pixels as a class while evaluation skips them. Set "
+                    f"{spec.ignore_value_key} {int(ignore_label)} (or relabel the dataset)"
+                )
+
+
+def validate_run(cfg, splits: Iterable[str] = ("TRAIN", "TEST")) -> None:
+    """Every start-of-run check of ``cfg`` against the datasets of ``DATASETS.<split>``.
+
+    Registers the custom datasets and runs their checks (``register_from_config``), then
+    ``check_class_counts``. Call it before anything is written to ``OUTPUT_DIR``.
+
+    Raises:
+        ValueError / FileNotFoundError / KeyError: naming the key, the dataset or the file.
+    """
+    from ..data.datasets import register_from_config
+
+    splits = tuple(splits)
+    register_from_config(cfg, splits=splits)
+    names: List[str] = []
+    for split in splits:
+        for name in cfg.DATASETS[split]:
+            if name not in names:
+                names.append(name)
+    check_class_counts(cfg, names)
+
