@@ -13,6 +13,16 @@ are summed over a dataset before dividing (as the confusion matrix sums pixels f
 Pixels whose ground truth is the ignore label are removed from *both* masks before taking
 boundaries (they belong to no class, like the outside of the image): a prediction that is right
 on every labelled pixel then scores 100 whatever it predicts on the ignored ones.
+
+Connectivity (BCD's claim that distilled students predict less fragmented regions): for each
+image and class, the number of connected components (8-connected) of the ground-truth mask
+``n_g`` and of the predicted mask ``n_p`` (ignored pixels removed from both). Per class,
+
+    Conn_c = Σ_images min(n_g, n_p) / Σ_images max(n_g, n_p)
+
+(100 when every image has as many predicted regions of ``c`` as true ones; a region split in
+three counts 1/3, an invented or missed region lowers it too), and the fragmentation ratio
+``Frag_c = Σ n_p / Σ n_g`` (> 1: more predicted pieces than true regions).
 """
 from __future__ import annotations
 
@@ -22,7 +32,14 @@ from typing import Tuple
 import cv2
 import numpy as np
 
-__all__ = ["boundary_dilation", "mask_to_boundary", "label_map_boundary", "boundary_iou_counts"]
+__all__ = [
+    "boundary_dilation",
+    "mask_to_boundary",
+    "label_map_boundary",
+    "boundary_iou_counts",
+    "connected_component_counts",
+    "connectivity_scores",
+]
 
 
 def boundary_dilation(height: int, width: int, dilation_ratio: float) -> int:
@@ -120,3 +137,62 @@ def boundary_iou_counts(
     inter = np.bincount(g[both], minlength=k + 1)[:k]
     union = gt_b + pred_b - inter
     return inter.astype(np.int64), union.astype(np.int64), gt_b.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Connectivity (fragmentation) of predicted regions
+# ---------------------------------------------------------------------------------------------
+def connected_component_counts(
+    gt: np.ndarray,
+    pred: np.ndarray,
+    num_classes: int,
+    ignore_label: int,
+    connectivity: int = 8,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Number of connected regions of every class in the ground truth and in the prediction.
+
+    BCD's second claim is that distilled students predict fewer fragmented regions. For one image
+    and class ``c`` this counts the connected components (OpenCV ``connectedComponents``,
+    8-connectivity by default) of ``gt == c`` and of ``pred == c``. Pixels whose ground truth is the
+    ignore label are removed from both masks first (as for Boundary IoU), so a prediction is not
+    charged for what it does on unlabelled pixels.
+
+    Args:
+        gt: ``H×W`` integer ground truth (classes ``0..K-1`` and ``ignore_label``).
+        pred: ``H×W`` integer prediction (classes ``0..K-1``).
+        num_classes: ``K``.
+        ignore_label: ground-truth value removed from both masks.
+        connectivity: 4 or 8.
+
+    Returns:
+        ``(n_gt, n_pred)``: two ``int64`` arrays of length ``K``.
+    """
+    if gt.shape != pred.shape:
+        raise ValueError(f"connected_component_counts(): gt {gt.shape} and pred {pred.shape} differ")
+    if connectivity not in (4, 8):
+        raise ValueError(f"connected_component_counts(): connectivity must be 4 or 8, got {connectivity}")
+    valid = gt != ignore_label
+    n_gt = np.zeros(num_classes, dtype=np.int64)
+    n_pred = np.zeros(num_classes, dtype=np.int64)
+    for c in range(num_classes):
+        for arr, out in ((gt, n_gt), (pred, n_pred)):
+            m = (arr == c) & valid
+            if m.any():
+                # connectedComponents counts the zero background as label 0
+                out[c] = cv2.connectedComponents(m.astype(np.uint8), connectivity=connectivity)[0] - 1
+    return n_gt, n_pred
+
+
+def connectivity_scores(
+    n_gt: np.ndarray, n_pred: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image connectivity terms from :func:`connected_component_counts`.
+
+    For each class with ``max(n_gt, n_pred) > 0`` in an image, the agreement term is
+    ``min(n_gt, n_pred)`` and the normaliser ``max(n_gt, n_pred)``; summed over images, the class
+    score is ``Σ min / Σ max`` (1 when every image has as many predicted regions as true ones,
+    smaller when predictions fragment a region into pieces, merge regions, or miss or invent
+    them). Returns ``(min, max, n_gt)`` per class as ``int64`` arrays, to be summed over images.
+    """
+    return (np.minimum(n_gt, n_pred).astype(np.int64), np.maximum(n_gt, n_pred).astype(np.int64),
+            n_gt.astype(np.int64))

@@ -1,9 +1,12 @@
-"""``SemSegEvaluator``: mIoU, fwIoU, mean / pixel accuracy, per-class IoU and Boundary IoU.
+"""``SemSegEvaluator``: mIoU, fwIoU, mean / pixel accuracy, per-class IoU, Boundary IoU and
+connectivity.
 
 A ``K×K`` confusion matrix (rows: ground truth, columns: prediction) is accumulated image by
 image, pixels whose ground truth is the ignore label left out, and summed over processes in
 ``evaluate()``. Boundary IoU (Cheng et al. 2021, see ``boundary.py``) is accumulated per class
-as boundary intersection / union pixel counts. Conventions follow Detectron2: a class absent
+as boundary intersection / union pixel counts. Connectivity (``mConn``, ``Conn-<c>``, and the
+fragmentation ratio ``mFrag``, ``Frag-<c>``; see ``boundary.py``) compares, image by image, the
+number of connected regions of each class in the prediction with the ground truth's. Conventions follow Detectron2: a class absent
 from the ground truth of the whole dataset has no IoU / accuracy (NaN) and is left out of the
 means; results are percentages.
 """
@@ -21,7 +24,7 @@ import torch
 from ..data.catalog import MetadataCatalog
 from ..data.io import read_sem_seg
 from ..utils import comm
-from .boundary import boundary_iou_counts
+from .boundary import boundary_iou_counts, connected_component_counts, connectivity_scores
 from .evaluator import EVALUATOR_TYPES, DatasetEvaluator
 
 __all__ = ["SemSegEvaluator", "sem_seg_metrics"]
@@ -35,6 +38,10 @@ def sem_seg_metrics(
     b_union: np.ndarray,
     b_gt: np.ndarray,
     class_names: List[str],
+    cc_min: Optional[np.ndarray] = None,
+    cc_max: Optional[np.ndarray] = None,
+    cc_gt: Optional[np.ndarray] = None,
+    cc_pred: Optional[np.ndarray] = None,
 ) -> "OrderedDict[str, float]":
     """Metrics from accumulated counts.
 
@@ -44,10 +51,14 @@ def sem_seg_metrics(
         b_inter, b_union, b_gt: ``K`` boundary intersection, union and ground-truth boundary
             pixel counts.
         class_names: ``K`` names.
+        cc_min, cc_max, cc_gt, cc_pred: ``K`` sums over images of ``min(n_g, n_p)``,
+            ``max(n_g, n_p)``, ``n_g`` and ``n_p`` (connected regions per class, see
+            ``boundary.py``); None leaves the connectivity metrics out.
 
     Returns:
-        ``mIoU``, ``fwIoU``, ``mACC``, ``pACC``, ``mBIoU``, then ``IoU-<c>``, ``ACC-<c>``,
-        ``BIoU-<c>`` per class, in percent (NaN for a class absent from the ground truth).
+        ``mIoU``, ``fwIoU``, ``mACC``, ``pACC``, ``mBIoU``, (``mConn``, ``mFrag``), then
+        ``IoU-<c>``, ``ACC-<c>``, ``BIoU-<c>`` (``Conn-<c>``, ``Frag-<c>``) per class; percentages
+        except ``Frag`` (a ratio); NaN for a class absent from the ground truth.
     """
     conf = conf.astype(np.float64)
     tp = np.diag(conf)
@@ -75,12 +86,26 @@ def sem_seg_metrics(
     res["mACC"] = _mean(acc, valid)
     res["pACC"] = float(100.0 * tp.sum() / total) if total > 0 else float("nan")
     res["mBIoU"] = _mean(biou, b_valid)
+    conn = frag = None
+    if cc_min is not None and cc_max is not None and cc_gt is not None and cc_pred is not None:
+        c_valid = cc_gt > 0
+        conn = np.full(k, np.nan)
+        frag = np.full(k, np.nan)
+        conn[c_valid] = cc_min[c_valid] / cc_max[c_valid]
+        frag[c_valid] = cc_pred[c_valid] / cc_gt[c_valid]
+        res["mConn"] = _mean(conn, c_valid)
+        res["mFrag"] = float(frag[c_valid].mean()) if c_valid.any() else float("nan")
     for i, name in enumerate(class_names):
         res[f"IoU-{name}"] = float(100.0 * iou[i])
     for i, name in enumerate(class_names):
         res[f"ACC-{name}"] = float(100.0 * acc[i])
     for i, name in enumerate(class_names):
         res[f"BIoU-{name}"] = float(100.0 * biou[i])
+    if conn is not None and frag is not None:
+        for i, name in enumerate(class_names):
+            res[f"Conn-{name}"] = float(100.0 * conn[i])
+        for i, name in enumerate(class_names):
+            res[f"Frag-{name}"] = float(frag[i])
     return res
 
 
@@ -97,6 +122,8 @@ class SemSegEvaluator(DatasetEvaluator):
         boundary_dilation_ratio: Boundary IoU band width as a fraction of the image diagonal
             (``TEST.SEM_SEG.BOUNDARY_DILATION_RATIO``; Cheng et al. use 0.02); ``0`` or None
             turns Boundary IoU off (it costs a few erosions per class and image).
+        connectivity: report the connectivity metrics (``mConn``, ``mFrag``, per class; one
+            connected-components pass per class and image).
     """
 
     def __init__(
@@ -106,6 +133,7 @@ class SemSegEvaluator(DatasetEvaluator):
         num_classes: Optional[int] = None,
         ignore_label: Optional[int] = None,
         boundary_dilation_ratio: Optional[float] = 0.02,
+        connectivity: bool = True,
     ):
         meta = MetadataCatalog.get(dataset_name)
         classes = meta.get("stuff_classes")
@@ -123,6 +151,7 @@ class SemSegEvaluator(DatasetEvaluator):
             )
         self._ignore_label = int(ignore_label if ignore_label is not None else meta.get("ignore_label", 255))
         self._boundary_ratio = float(boundary_dilation_ratio or 0.0)
+        self._connectivity = bool(connectivity)
         self._output_dir = output_dir
         self.reset()
 
@@ -132,6 +161,7 @@ class SemSegEvaluator(DatasetEvaluator):
         self._b_inter = np.zeros(k, dtype=np.int64)
         self._b_union = np.zeros(k, dtype=np.int64)
         self._b_gt = np.zeros(k, dtype=np.int64)
+        self._cc = {key: np.zeros(k, dtype=np.int64) for key in ("min", "max", "gt", "pred")}
         self._num_images = 0
 
     def _ground_truth(self, inp: Dict[str, Any], shape: tuple) -> np.ndarray:
@@ -196,6 +226,13 @@ class SemSegEvaluator(DatasetEvaluator):
             self._b_inter += bi
             self._b_union += bu
             self._b_gt += bg
+        if self._connectivity:
+            n_g, n_p = connected_component_counts(gt, pred, k, self._ignore_label)
+            lo, hi, _ = connectivity_scores(n_g, n_p)
+            self._cc["min"] += lo
+            self._cc["max"] += hi
+            self._cc["gt"] += n_g
+            self._cc["pred"] += n_p
         self._num_images += 1
 
     def _gather_counts(self) -> Optional[Dict[str, np.ndarray]]:
@@ -205,6 +242,7 @@ class SemSegEvaluator(DatasetEvaluator):
             "b_inter": self._b_inter,
             "b_union": self._b_union,
             "b_gt": self._b_gt,
+            **{f"cc_{key}": v for key, v in self._cc.items()},
             "n": np.int64(self._num_images),
         }
         parts = comm.gather(mine, dst=0)
@@ -221,8 +259,12 @@ class SemSegEvaluator(DatasetEvaluator):
             return OrderedDict()
         if counts["n"] == 0:
             logger.warning(f"SemSegEvaluator on '{self._dataset_name}': no image was processed")
+        cc = (
+            {f"cc_{key}": counts[f"cc_{key}"] for key in ("min", "max", "gt", "pred")}
+            if self._connectivity else {}
+        )
         res = sem_seg_metrics(
-            counts["conf"], counts["b_inter"], counts["b_union"], counts["b_gt"], self._class_names
+            counts["conf"], counts["b_inter"], counts["b_union"], counts["b_gt"], self._class_names, **cc
         )
         if self._boundary_ratio <= 0:
             res = OrderedDict((k, v) for k, v in res.items() if "BIoU" not in k)
@@ -255,7 +297,8 @@ class SemSegEvaluator(DatasetEvaluator):
                 row.append(res[f"BIoU-{name}"])
             rows.append(row)
         headers = ["class", "IoU", "ACC"] + (["BIoU"] if "mBIoU" in res else [])
-        summary = {k: res[k] for k in ("mIoU", "fwIoU", "mACC", "pACC", "mBIoU") if k in res}
+        keys = ("mIoU", "fwIoU", "mACC", "pACC", "mBIoU", "mConn", "mFrag")
+        summary = {k: res[k] for k in keys if k in res}
         logger.info(
             f"Semantic segmentation on '{self._dataset_name}' ({num_images} images):\n"
             + tabulate(rows, headers=headers, tablefmt="pipe", floatfmt=".2f")
