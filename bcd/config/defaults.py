@@ -263,3 +263,66 @@ _C.SEED = 0
 # Deterministic algorithms (torch.use_deterministic_algorithms) for exact resume checks.
 _C.DETERMINISTIC = False
 _C.CUDNN_BENCHMARK = False
+
+# ---------------------------------------------------------------------------------------------
+# Object segmentation (salient / camouflaged objects) and SKD self-distillation (issue 12,
+# METHODS.md §3). [R] marks a reconstruction of a detail the SKD paper does not give us.
+# ---------------------------------------------------------------------------------------------
+_C.INPUT.OBJECT_SEG = CN()
+# Masks are read as 8-bit grayscale; foreground = value > MASK_THRESHOLD (128 as pysodmetrics,
+# which binarises ground truth by `gt > 128`).
+_C.INPUT.OBJECT_SEG.MASK_THRESHOLD = 128
+# Training: resize to TRAIN_SIZE (h, w; aspect not kept, F3Net convention [R]), random crop of
+# up to CROP_FRACTION of each side (F3Net RandomCrop: 1/8) resized back, flip (INPUT.FLIP).
+_C.INPUT.OBJECT_SEG.TRAIN_SIZE = [352, 352]
+_C.INPUT.OBJECT_SEG.CROP_FRACTION = 0.125
+# Test: the image is resized to TEST_SIZE; the prediction is resized back and evaluated at the
+# mask's original size.
+_C.INPUT.OBJECT_SEG.TEST_SIZE = [352, 352]
+
+_C.MODEL.OBJECT_SEG = CN()
+# Inference network (METHODS §3.2 [R]): 1x1 conv-BN-ReLU to CHANNELS per level, upsampled to
+# the finest level, concatenated, 3x3 conv-BN-ReLU, 1x1 conv to one logit.
+_C.MODEL.OBJECT_SEG.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+_C.MODEL.OBJECT_SEG.CHANNELS = 64
+_C.MODEL.OBJECT_SEG.NORM = "BN"
+# Task loss: "structure" (weighted BCE + weighted IoU, F3Net) or "bce".
+_C.MODEL.OBJECT_SEG.LOSS = "structure"
+_C.MODEL.OBJECT_SEG.STRUCTURE_KERNEL = 31  # F3Net's boundary-weight window at 352 px
+_C.MODEL.OBJECT_SEG.BACKBONE_LR_MULTIPLIER = 0.1  # F3Net convention, unverified for SKD [R]
+
+_C.MODEL.SKD = CN()
+# "none" (inference network alone), "skd" (pyramid self-distillation), "byot", "dks".
+_C.MODEL.SKD.METHOD = "none"
+# Auxiliary (training-only) network: a pyramid block per level of MODEL.OBJECT_SEG.IN_FEATURES.
+_C.MODEL.SKD.PYRAMID = "aspp"  # "aspp" (2022 paper) or "denseaspp" (JEIT 2025) [R]
+_C.MODEL.SKD.AUX_CHANNELS = 64
+_C.MODEL.SKD.ASPP_DILATIONS = [6, 12, 18]  # plus a 1x1 branch and image pooling [R]
+_C.MODEL.SKD.DENSEASPP_DILATIONS = [3, 6, 12, 18]
+# "auto": top-down adjacent fusion for skd, independent branches for byot / dks;
+# "top_down" or "none" force one.
+_C.MODEL.SKD.AUX_FUSION = "auto"
+# Deep supervision of the auxiliary maps, finest level first (w_l = 1/2^(l-2)) [R].
+_C.MODEL.SKD.AUX_LOSS_WEIGHTS = [1.0, 0.5, 0.25, 0.125]
+# Synergy distillation loss: top-down path (coarser refined map teaches the next finer one, the
+# finest teaches the inference output) and consistency path ("feature", "prediction", "none").
+_C.MODEL.SKD.TOP_DOWN_WEIGHT = 1.0  # [R] placeholder: the paper's weights are unknown
+_C.MODEL.SKD.CONSISTENCY = "feature"
+_C.MODEL.SKD.CONSISTENCY_WEIGHT = 1.0  # [R]
+# Pixel divergence of the distillation terms: "bce" (soft BCE * T^2), "kl" (binary KL * T^2)
+# or "mse" (of the probabilities); temperature T.
+_C.MODEL.SKD.DIVERGENCE = "bce"
+_C.MODEL.SKD.TEMPERATURE = 1.0
+# BYOT baseline (Zhang et al. ICCV'19): branches get (1 - ALPHA) * task + ALPHA * KD from the
+# deepest branch (temperature BYOT_TEMPERATURE) + FEATURE_WEIGHT * L2 hint to its feature.
+_C.MODEL.SKD.BYOT_ALPHA = 0.3
+_C.MODEL.SKD.BYOT_TEMPERATURE = 3.0
+_C.MODEL.SKD.BYOT_FEATURE_WEIGHT = 0.03
+# DKS baseline (Sun et al. CVPR'19): pairwise synergy among the auxiliary maps and the output.
+_C.MODEL.SKD.DKS_WEIGHT = 1.0
+
+_C.TEST.OBJECT_SEG = CN()
+# Standard SOD protocol: the probability map is saved as an 8-bit image and min-max normalised
+# by the evaluation toolbox (pysodmetrics `normalize=True`). False: the probabilities as they are.
+_C.TEST.OBJECT_SEG.SAVE_UINT8_NORMALIZE = True
+_C.TEST.OBJECT_SEG.SAVE_PREDICTIONS = False  # write OUTPUT_DIR/.../predictions/<id>.png

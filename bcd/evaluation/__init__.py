@@ -17,6 +17,7 @@ from .evaluator import (
 
 # Task evaluators register themselves in EVALUATOR_TYPES on import.
 from . import sem_seg_evaluation, cityscapes_evaluation, coco_evaluation  # noqa: E402,F401
+from . import object_seg_evaluation  # noqa: E402,F401
 
 __all__ = [
     "EVALUATOR_TYPES",

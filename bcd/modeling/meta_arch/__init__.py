@@ -2,5 +2,6 @@
 from .build import META_ARCH_REGISTRY, build_model
 from .semantic_seg import SemanticSegmentor
 from . import gfl, retinanet  # noqa: F401  (registers RetinaNet, GFL)
+from . import object_seg  # noqa: F401  (registers ObjectSegmentor)
 
 __all__ = ["META_ARCH_REGISTRY", "SemanticSegmentor", "build_model"]

@@ -1,0 +1,2 @@
+"""Losses that live with the models (no external teacher): object segmentation and its
+self-distillation (``object_seg``)."""
