@@ -32,6 +32,7 @@ from bcd.engine import (  # noqa: E402
     default_setup,
     launch,
 )
+from bcd.modeling.backbone import without_init_weights  # noqa: E402
 from bcd.utils import comm  # noqa: E402
 
 logger = logging.getLogger("bcd.train_net")
@@ -72,6 +73,13 @@ def setup(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """Train (returns the final evaluation results) or, with ``--eval-only``, evaluate."""
     cfg = setup(args)
+    # The ImageNet file (MODEL.BACKBONE.WEIGHTS) only starts a training: a checkpoint loaded
+    # after the build (--eval-only, --resume with a last_checkpoint, MODEL.WEIGHTS, all loaded
+    # strictly) overwrites every weight, so the model is built without asking for it.
+    if args.eval_only or cfg.MODEL.WEIGHTS or (
+        args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    ):
+        cfg = without_init_weights(cfg)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR)

@@ -264,7 +264,7 @@ def test_coco_configs_build_and_run(config):
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cfg = get_cfg()
     cfg.merge_from_file(os.path.join(repo, config))
-    assert cfg.MODEL.BACKBONE.WEIGHTS.startswith("pretrained/resnet18-")  # ImageNet file named
+    assert cfg.MODEL.BACKBONE.WEIGHTS == "torchvision://resnet18"  # ImageNet weights named
     cfg.MODEL.BACKBONE.WEIGHTS = ""  # not shipped: random initialisation for this check
     model = build_model(cfg)
     shapes = model.backbone.output_shape()

@@ -48,7 +48,10 @@ def test_config_builds(path):
     if "_0.5" in path:
         assert weights == ""  # no ImageNet file exists at width 0.5
     else:
-        assert weights.startswith("pretrained/") and weights.endswith(".pth")
+        # a torchvision name whose file (torchvision's enum URL) is known without the network
+        from bcd.modeling.backbone.weights import weights_url
+
+        assert weights.startswith("torchvision://") and weights_url(weights).endswith(".pth")
     # build without the (absent) pretrained file, on the meta device: structure only
     cfg.MODEL.BACKBONE.WEIGHTS = ""
     cfg.MODEL.DEVICE = "meta"
@@ -62,10 +65,13 @@ def test_config_builds(path):
 
 
 def test_missing_pretrained_file_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # pretrained/ does not exist here
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty torch.hub cache
+    monkeypatch.setenv("BCD_OFFLINE", "1")  # and no download
     cfg = _load(os.path.join(ROOT, "configs", "voc", "pspnet_r18.yaml"))
-    with pytest.raises(FileNotFoundError, match=r"pretrained/resnet18-f37072fd\.pth"):
+    want = os.path.join(str(tmp_path / "torch"), "hub", "checkpoints", "resnet18-f37072fd.pth")
+    with pytest.raises(FileNotFoundError, match=r"resnet18-f37072fd\.pth") as e:
         build_model(cfg)
+    assert want in str(e.value) and "https://download.pytorch.org/models/" in str(e.value)
 
 
 @pytest.mark.parametrize("name", ["teacher_pspnet_r18.yaml", "student_pspnet_r18_w025.yaml"])

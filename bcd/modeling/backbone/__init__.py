@@ -6,7 +6,12 @@ from .mobilenet import MobileNetV2Backbone, build_mobilenetv2_backbone
 from .efficientnet import EfficientNetBackbone, build_efficientnet_backbone
 from .timm_backbone import TimmBackbone, build_timm_backbone
 from .fpn import FPN, build_resnet_fpn_backbone
-from .weights import PretrainedWeightsError, load_torchvision_weights
+from .weights import (
+    PretrainedWeightsError,
+    load_torchvision_weights,
+    resolve_weights,
+    without_init_weights,
+)
 
 __all__ = [
     "BACKBONE_REGISTRY",
@@ -26,4 +31,6 @@ __all__ = [
     "build_timm_backbone",
     "get_norm",
     "load_torchvision_weights",
+    "resolve_weights",
+    "without_init_weights",
 ]

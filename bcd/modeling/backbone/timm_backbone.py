@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .backbone import STAGE_NAMES, Backbone
 from .build import BACKBONE_REGISTRY
+from .weights import resolve_weights
 
 __all__ = ["TimmBackbone", "build_timm_backbone"]
 
@@ -26,9 +27,10 @@ class TimmBackbone(Backbone):
     Args:
         name: a timm model name (``timm.list_models()``).
         output_stride: 32, 16 or 8, passed to timm (for the models that support dilation).
-        weights: a local timm checkpoint (timm's own key names) or "" for random init; loaded by
-            timm's own pretrained path (``pretrained_cfg_overlay={"file": ...}``), never
-            downloaded.
+        weights: a local timm checkpoint (timm's own key names), a ``timm://<name>`` resolved by
+            :func:`~bcd.modeling.backbone.weights.resolve_weights`, or "" for random init; loaded by
+            timm's own pretrained path (``pretrained_cfg_overlay={"file": ...}``), so timm itself
+            never downloads.
         norm: "BN" keeps the model's norm layers; "SyncBN" converts BatchNorms for multi-GPU.
     """
 
@@ -40,6 +42,7 @@ class TimmBackbone(Backbone):
         if output_stride != 32:
             kwargs["output_stride"] = output_stride
         if weights:
+            weights = resolve_weights(weights)  # timm://<name>: torch.hub's cache (weights.py)
             if not os.path.isfile(weights):
                 raise FileNotFoundError(
                     f"MODEL.BACKBONE.WEIGHTS: file '{weights}' does not exist (timm checkpoint of "
