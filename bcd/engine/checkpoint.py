@@ -9,13 +9,17 @@
   distillation run: the student) loads into a model whose ``deploy_model()`` it fits; a full
   checkpoint of a wrapper (``student.*`` keys) loads into the plain model it wraps.
 * Checkpoints are pickles (they hold optimizer and hook states): load only files you trust.
+* A checkpoint is written only when every parameter and buffer of the model is finite; otherwise
+  ``save`` raises ``FloatingPointError`` naming the tensors and writes nothing, so
+  ``last_checkpoint`` never names a non-finite state (``nonfinite_tensors`` does the check; the
+  trainer also runs it on the buffers after each forward pass).
 """
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from fvcore.common.checkpoint import Checkpointer as _FvCheckpointer
@@ -25,7 +29,37 @@ from ..utils import comm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Checkpointer", "atomic_torch_save", "deploy_model"]
+__all__ = ["Checkpointer", "atomic_torch_save", "deploy_model", "nonfinite_tensors"]
+
+
+def nonfinite_tensors(named_tensors: Iterable[Tuple[str, Any]]) -> List[str]:
+    """Names of the floating-point tensors holding an inf or NaN, in order (``[]`` when all are
+    finite). One device synchronisation for the whole set, however many tensors it has.
+
+    Args:
+        named_tensors: ``(name, tensor)`` pairs: ``model.named_buffers()``, a state dict's
+            ``items()``; non-tensors and integer tensors are skipped.
+    """
+    items = [
+        (k, v) for k, v in named_tensors
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel() > 0
+    ]
+    if not items:
+        return []
+    with torch.no_grad():
+        finite = torch.stack([torch.isfinite(v).all() for _, v in items]).cpu()
+    return [k for (k, _), ok in zip(items, finite.tolist()) if not ok]
+
+
+def _refuse_nonfinite(state: Dict[str, Any], path: str, last: str) -> None:
+    bad = nonfinite_tensors(state.items())
+    if bad:
+        raise FloatingPointError(
+            f"Not writing checkpoint {path}: model tensors hold inf or NaN: "
+            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} ({len(bad)} in all). "
+            f"A checkpoint is written only from a finite state; last_checkpoint still names "
+            f"{last or 'no checkpoint'}."
+        )
 
 
 def deploy_model(model: nn.Module) -> nn.Module:
@@ -96,10 +130,14 @@ class Checkpointer(_FvCheckpointer):
         if not self.save_dir or not self.save_to_disk:
             return
         data: Dict[str, Any] = {"model": self.model.state_dict()}
+        path = self._path_for(name)
+        # Parameters and buffers (BN running statistics) alike: a checkpoint with inf in it
+        # silently predicts garbage after --eval-only and cannot be resumed from.
+        last = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        _refuse_nonfinite(data["model"], path, os.path.basename(last))
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
-        path = self._path_for(name)
         self.logger.info(f"Saving checkpoint to {path}")
         atomic_torch_save(data, path)
         self.tag_last_checkpoint(os.path.basename(path))
@@ -112,6 +150,7 @@ class Checkpointer(_FvCheckpointer):
         data: Dict[str, Any] = {"model": deploy_model(self.model).state_dict()}
         data.update(kwargs)
         path = self._path_for(name)
+        _refuse_nonfinite(data["model"], path, "")
         self.logger.info(f"Saving model weights to {path}")
         atomic_torch_save(data, path)
 

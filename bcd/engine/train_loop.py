@@ -6,7 +6,8 @@
 ``SimpleTrainer.run_step`` does one optimisation step: the model returns a dict of scalar losses;
 every entry whose key starts with ``"loss"`` is summed; every entry is checked for finiteness
 before the backward pass, so a non-finite loss raises ``FloatingPointError`` (naming the entry
-and the iteration) before any parameter changes.
+and the iteration) before any parameter changes; so does a non-finite model buffer (BatchNorm
+running statistics updated by that forward pass), naming the buffer.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..utils import comm
 from ..utils.events import EventStorage, get_event_storage
+from .checkpoint import nonfinite_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +258,13 @@ class SimpleTrainer(TrainerBase):
                 metrics[k] = v.detach().float().cpu().item()
             else:
                 metrics[k] = float(v)
-        all_metrics = comm.all_gather({"metrics": metrics, "data_time": data_time})
+        # The forward also updated buffers (BatchNorm running statistics): a step whose loss is
+        # still finite can leave inf there (activations overflowing), and a checkpoint of that
+        # state would predict garbage. Checked here, before the parameters change.
+        bad_buffers = nonfinite_tensors(unwrap_model(self.model).named_buffers())
+        all_metrics = comm.all_gather(
+            {"metrics": metrics, "data_time": data_time, "bad_buffers": bad_buffers}
+        )
 
         bad = sorted({
             f"{k}={v} (rank {rank})" if len(all_metrics) > 1 else f"{k}={v}"
@@ -268,6 +276,17 @@ class SimpleTrainer(TrainerBase):
             raise FloatingPointError(
                 f"Loss became infinite or NaN at iteration={self.iter}: {', '.join(bad)}. "
                 f"Training stops; the last checkpoint is left as it was."
+            )
+        bad = sorted({
+            f"{name} (rank {rank})" if len(all_metrics) > 1 else name
+            for rank, m in enumerate(all_metrics)
+            for name in m.get("bad_buffers", [])
+        })
+        if bad:
+            raise FloatingPointError(
+                f"Model buffers became infinite or NaN in the forward pass of iteration="
+                f"{self.iter}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Training "
+                f"stops before the step; the last checkpoint is left as it was."
             )
 
         storage = get_event_storage()

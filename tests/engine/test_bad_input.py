@@ -10,6 +10,7 @@ import os
 from typing import List
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -115,12 +116,19 @@ def test_sem_seg_class_count_disagreeing_with_dataset_is_refused(tmp_path):
     assert not out.exists()
 
 
+def write_coco(root, images, annotations, categories):
+    """``root/ann.json`` and grey PNGs ``root/img/<file_name>``; returns the json path."""
+    os.makedirs(os.path.join(root, "img"), exist_ok=True)
+    for im in images:
+        arr = np.full((im["height"], im["width"], 3), 100, dtype=np.uint8)
+        Image.fromarray(arr).save(os.path.join(root, "img", im["file_name"]))
+    path = os.path.join(root, "ann.json")
+    with open(path, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return path
+
+
 def _two_category_coco(root):
-    import sys
-
-    sys.path.insert(0, os.path.join(REPO, "tests", "detection"))
-    from conftest import write_coco  # the detection tests' generator
-
     images = [{"id": 1, "file_name": "a.png", "height": 64, "width": 64}]
     anns = [
         {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 20, 20], "iscrowd": 0, "area": 400},
@@ -163,3 +171,85 @@ def test_class_count_table_is_extensible(cfg):
             V.check_class_counts(cfg, ["t9_table_ds"])
     finally:
         V.CLASS_COUNT_KEYS.pop("MyArch")
+
+
+# ----------------------------------------------------------------------- 5: finite checkpoints
+class _ConvBN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(2)
+
+    def forward(self, batch):
+        x = torch.stack([d["image"] for d in batch]).float()
+        return {"loss": self.bn(self.conv(x)).square().mean()}
+
+
+def test_checkpoint_refuses_nonfinite_buffer_and_keeps_last_checkpoint(tmp_path):
+    from bcd.engine import Checkpointer
+
+    model = _ConvBN()
+    ckpt = Checkpointer(model, str(tmp_path))
+    ckpt.save("model_0000000")
+    model.bn.running_var[1] = float("inf")
+    with pytest.raises(FloatingPointError) as e:
+        ckpt.save("model_0000001")
+    assert "bn.running_var" in str(e.value) and "model_0000001.pth" in str(e.value)
+    assert "last_checkpoint still names model_0000000.pth" in str(e.value)
+    with pytest.raises(FloatingPointError, match="bn.running_var"):
+        ckpt.save_model_only("model_final")
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000000.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
+
+
+def test_nonfinite_buffer_from_a_finite_loss_step_stops_before_the_update():
+    """Huge weights: BN's batch variance overflows to inf, its training output (x - mean) / inf
+    is 0, so the loss is finite while running_var becomes inf. The step must not happen."""
+    from bcd.engine import SimpleTrainer
+    from bcd.utils.events import EventStorage
+
+    model = _ConvBN()
+    with torch.no_grad():
+        model.conv.weight.fill_(1e25)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    batches = iter(lambda: [{"image": torch.full((1, 2, 2), 3.0)}, {"image": torch.full((1, 2, 2), 5.0)}], None)
+    trainer = SimpleTrainer(model, batches, torch.optim.SGD(model.parameters(), lr=0.1))
+    with EventStorage(0):
+        with pytest.raises(FloatingPointError) as e:
+            trainer.run_step()
+    assert "bn.running_var" in str(e.value) and "iteration=0" in str(e.value)
+    assert not torch.isfinite(model.bn.running_var).all()  # the forward did write inf ...
+    for k, v in model.named_parameters():  # ... but no parameter was updated
+        assert torch.equal(v, before[k]), k
+
+
+def test_cwd_distillation_at_absurd_lr_leaves_only_finite_checkpoints(tmp_path):
+    """The issue's case: CWD at LR 1e4 (SGD); a checkpoint after every iteration."""
+    from bcd.config import get_cfg
+    from bcd.modeling import build_model
+
+    img, lbl = write_sem_seg_folder(str(tmp_path / "d"), n=4, size=32)
+    entry = sem_seg_custom("t9_cwd_train", img, lbl, ["a", "b", "c"])
+    out = tmp_path / "out"
+    opts = tiny_sem_seg_opts(out, [entry], ["t9_cwd_train"], [], iters=8)
+    teacher_cfg = get_cfg()
+    teacher_cfg.merge_from_list(opts)  # the same tiny PSPNet as teacher (random weights)
+    teacher_yaml = tmp_path / "teacher.yaml"
+    teacher_yaml.write_text(teacher_cfg.dump())
+    torch.manual_seed(0)
+    torch.save({"model": build_model(teacher_cfg).state_dict()}, tmp_path / "teacher.pth")
+    with pytest.raises(FloatingPointError) as e:
+        _run(opts + ["KD.LOSSES", "['ChannelWiseDistillation']",
+                     "KD.TEACHER.CONFIG_FILE", str(teacher_yaml),
+                     "KD.TEACHER.WEIGHTS", str(tmp_path / "teacher.pth"),
+                     "KD.SHAPE_PROBE_SIZE", "[32, 32]", "SOLVER.OPTIMIZER", "SGD",
+                     "SOLVER.BASE_LR", "1e4", "SOLVER.CHECKPOINT_PERIOD", "1"])
+    assert "running_var" in str(e.value) or "NaN" in str(e.value)
+    last = (out / "last_checkpoint").read_text()
+    stopped_at = int(str(e.value).split("iteration=")[1].split(":")[0])
+    assert last == f"model_{stopped_at - 1:07d}.pth"  # every finished iteration was saved
+    for name in os.listdir(out):
+        if name.startswith("model_"):
+            state = torch.load(out / name, weights_only=False)["model"]
+            bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            assert not bad, (name, bad[:3])
