@@ -326,3 +326,36 @@ _C.TEST.OBJECT_SEG = CN()
 # by the evaluation toolbox (pysodmetrics `normalize=True`). False: the probabilities as they are.
 _C.TEST.OBJECT_SEG.SAVE_UINT8_NORMALIZE = True
 _C.TEST.OBJECT_SEG.SAVE_PREDICTIONS = False  # write OUTPUT_DIR/.../predictions/<id>.png
+
+# ---------------------------------------------------------------------------------------------
+# APD: adaptive perspective distillation (bcd/distill/losses/apd.py; METHODS §4, exact to the
+# authors' code dvlab-research/APD tool/train.py). Losses "APD" (segmentation) and
+# "APDDetection" (extension: FPN levels of a detector, KD.APD.DET).
+# ---------------------------------------------------------------------------------------------
+_C.KD.APD = CN()
+_C.KD.APD.WEIGHT = 1.0  # scheduled scale of both entries (AP_WEIGHT / PA_WEIGHT carry the recipe)
+_C.KD.APD.STUDENT_FEATURES = ["sem_seg_head.feature"]  # decoder feature (code: x_ppm, 512 ch, 1/8)
+_C.KD.APD.TEACHER_FEATURES = ["sem_seg_head.feature"]
+# L_ap over every cell, ignore and padding included, as the code (True: valid cells only)
+_C.KD.APD.MASK = False
+_C.KD.APD.SCHEDULE = CN()
+_C.KD.APD.SCHEDULE.NAME = ""
+_C.KD.APD.SCHEDULE.WARMUP_ITERS = 0
+_C.KD.APD.SCHEDULE.STOP_ITER = 0
+_C.KD.APD.AP_WEIGHT = 10.0  # L_ap, code pred_kmeans_weight
+_C.KD.APD.PA_WEIGHT = 10.0  # L_pa, code proto_align_weight
+_C.KD.APD.KAPPA = 10.0  # cosine-logit scale, code kmeans_temp
+_C.KD.APD.NORMALIZE = True  # L2-normalise features and prototypes, code kmeans_norm
+_C.KD.APD.ADAPT_DIM = 512  # hidden width of Tr_S / Tr_T, code kmeans_adapt_dim (0 = teacher width)
+_C.KD.APD.STUDENT_ADAPTER = True  # Tr_S, code stu_trans (trained with the student)
+_C.KD.APD.TEACHER_ADAPTER = True  # Tr_T, code tea_trans (trained only by L_soft)
+# Tr_T's own Adam (code teacher_lr, betas [0.9, 0.99], no weight decay); its lr stays constant
+_C.KD.APD.TEACHER_ADAPTER_LR = 1e-5
+_C.KD.APD.TEACHER_ADAPTER_BETAS = [0.9, 0.99]
+# Where the class prototypes are pooled: "gpu_batch" (code: every image of the per-process
+# batch) or "per_image" (abstract's wording: one perspective per image, terms averaged)
+_C.KD.APD.SCOPE = "gpu_batch"
+# Detectors [R]: GT boxes assigned to FPN levels by Lin et al.'s rule k = floor(k0 + log2(s/224))
+_C.KD.APD.DET = CN()
+_C.KD.APD.DET.CANONICAL_BOX_SIZE = 224.0
+_C.KD.APD.DET.CANONICAL_LEVEL = 4

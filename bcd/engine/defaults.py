@@ -167,6 +167,18 @@ def create_ddp_model(
         kwargs["forward_sync_buffers"] = broadcast_buffers
     else:
         kwargs["broadcast_buffers"] = broadcast_buffers
+    from ..solver import separately_optimized_parameter_names
+
+    # Parameters a submodule steps with its own optimizer (APD's teacher adapter) get no
+    # gradient from the main backward: DDP ignores them, so they are broadcast from rank 0 here
+    # (DDP does that for the others) and their module all-reduces their gradients itself.
+    own = separately_optimized_parameter_names(model)
+    if own:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, own)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n in own:
+                torch.distributed.broadcast(params[n].data, src=0)
     return DistributedDataParallel(
         model, find_unused_parameters=find_unused_parameters, **kwargs
     )

@@ -5,6 +5,7 @@ from .build import (
     build_lr_scheduler,
     build_optimizer,
     get_default_optimizer_params,
+    separately_optimized_parameter_names,
 )
 from .lr_scheduler import LRMultiplier, WarmupParamScheduler
 
@@ -14,6 +15,7 @@ __all__ = [
     "build_lr_scheduler",
     "build_optimizer",
     "get_default_optimizer_params",
+    "separately_optimized_parameter_names",
     "LRMultiplier",
     "WarmupParamScheduler",
 ]

@@ -68,6 +68,25 @@ def _multiplier_rules(cfg, model: nn.Module) -> List[Tuple[str, float]]:
     return rules
 
 
+def separately_optimized_parameter_names(model: nn.Module) -> List[str]:
+    """Names of the parameters that a module trains with its own optimizer.
+
+    A submodule marks itself with the attribute ``separately_optimized = True`` (e.g. APD's
+    teacher adapter, ``bcd/distill/losses/apd.py``, stepped by its own Adam inside the loss).
+    Its parameters (recursively) are left out of the main optimizer
+    (:func:`get_default_optimizer_params`) and of DDP's gradient reduction
+    (``bcd.engine.create_ddp_model``), since the student's backward gives them no gradient.
+
+    Returns:
+        Full parameter names of ``model`` (``named_parameters`` order).
+    """
+    flagged = [name for name, m in model.named_modules() if getattr(m, "separately_optimized", False)]
+    return [
+        n for n, _ in model.named_parameters()
+        if any(not f or n.startswith(f + ".") for f in flagged)
+    ]
+
+
 def get_default_optimizer_params(
     model: nn.Module,
     base_lr: float,
@@ -82,13 +101,17 @@ def get_default_optimizer_params(
     Each parameter gets ``lr = base_lr * (bias_lr_factor if bias) * multiplier(name)`` and
     ``weight_decay`` (``weight_decay_norm`` inside a normalisation layer, ``weight_decay_bias``
     for biases when given). Parameters with ``requires_grad=False`` (frozen stages, a
-    distillation teacher) are left out; a parameter shared by two modules is counted once.
+    distillation teacher) are left out, and so are those of submodules flagged
+    ``separately_optimized`` (:func:`separately_optimized_parameter_names`); a parameter shared
+    by two modules is counted once.
     Parameters with equal hyper-parameters are merged into one group.
 
     Returns:
         A list of ``{"params": [...], "lr": float, "weight_decay": float}``.
     """
-    seen = set()
+    # parameters a submodule steps with its own optimizer (APD's teacher adapter)
+    own = set(separately_optimized_parameter_names(model))
+    seen = {id(p) for n, p in model.named_parameters() if n in own}
     by_hparams: Dict[Tuple[float, float], List[nn.Parameter]] = defaultdict(list)
     for module_name, module in model.named_modules():
         for param_name, param in module.named_parameters(recurse=False):
