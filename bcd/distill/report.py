@@ -16,8 +16,11 @@ import logging
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import torch
 from torch import nn
+
+# Params and FLOPs have one owner, bcd/utils/analysis.py (also tools/analyze_model.py); they are
+# re-exported here for the report's callers.
+from ..utils.analysis import count_flops, count_params
 
 __all__ = [
     "count_flops",
@@ -54,46 +57,6 @@ def read_metrics(output_dir: str) -> Dict[str, float]:
             if ev:
                 found = ev
     return found
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameters (fvcore ``parameter_count``)."""
-    from fvcore.nn import parameter_count
-
-    return int(parameter_count(model)[""])
-
-
-class _ExtractWrapper(nn.Module):
-    """Tensor-in / tensor-out view of a meta-architecture for fvcore's tracer."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor):
-        batch = self.model.preprocess([{"image": image, "height": image.shape[-2], "width": image.shape[-1]}])
-        out = self.model.extract(batch)
-        return tuple(v for v in out.values() if isinstance(v, torch.Tensor)) if isinstance(out, dict) else out
-
-
-@torch.no_grad()
-def count_flops(model: nn.Module, size: Tuple[int, int]) -> Optional[float]:
-    """FLOPs (fvcore; multiply-adds) of ``extract`` on one ``3×H×W`` image; None if untraceable."""
-    from fvcore.nn import FlopCountAnalysis
-
-    was = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        image = torch.zeros(3, int(size[0]), int(size[1]), dtype=torch.uint8, device=device)
-        fca = FlopCountAnalysis(_ExtractWrapper(model), (image,))
-        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        return float(fca.total())
-    except Exception as e:  # tracing can fail on data-dependent code: report, don't crash
-        logger.warning("FLOP count failed for %s: %s", type(model).__name__, e)
-        return None
-    finally:
-        model.train(was)
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
