@@ -119,6 +119,59 @@ _C.MODEL.GFL.NMS_THRESH_TEST = 0.6
 _C.MODEL.GFL.DETECTIONS_PER_IMAGE = 100
 
 # ---------------------------------------------------------------------------------------------
+# MODEL: instance segmentation, (Cascade) Mask R-CNN (issue 11; docs/detection.md)
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.MASK_ON = False  # mask head on (and gt_masks from the detection mapper)
+# MSRA ResNet layout (Detectron2's and Caffe2's ImageNet models): the stride of a bottleneck is
+# in its first 1x1 conv; False = torchvision layout (stride in the 3x3 conv). No effect on R18/34.
+_C.MODEL.RESNETS.STRIDE_IN_1X1 = False
+_C.MODEL.RPN = CN()
+_C.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+_C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]  # below: background, above: foreground, between: ignored
+_C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
+_C.MODEL.RPN.POSITIVE_FRACTION = 0.5
+_C.MODEL.RPN.BBOX_REG_WEIGHTS = [1.0, 1.0, 1.0, 1.0]
+_C.MODEL.RPN.SMOOTH_L1_BETA = 0.0  # 0 = L1 (Detectron2)
+_C.MODEL.RPN.LOSS_WEIGHT = 1.0
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 2000  # per level
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 1000  # per image (Detectron2 Base-RCNN-FPN)
+_C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.NMS_THRESH = 0.7
+_C.MODEL.RPN.MIN_SIZE = 0.0  # proposals with a side <= this are dropped
+_C.MODEL.ROI_HEADS = CN()
+_C.MODEL.ROI_HEADS.NUM_CLASSES = 80
+_C.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+_C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]  # stage-1 foreground IoU for sampling
+_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
+_C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
+_C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
+_C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+_C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
+_C.MODEL.ROI_BOX_HEAD = CN()
+_C.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+_C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
+_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+_C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True  # Cascade: True; Mask R-CNN: False
+_C.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 0.0
+# One entry per cascade stage (one entry = Mask R-CNN): foreground IoU and box-coder weights.
+_C.MODEL.ROI_BOX_CASCADE_HEAD = CN()
+_C.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = [0.5, 0.6, 0.7]
+_C.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = [[10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]]
+_C.MODEL.ROI_MASK_HEAD = CN()
+_C.MODEL.ROI_MASK_HEAD.NUM_CONV = 4
+_C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256
+_C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14  # masks are predicted at twice this (28x28)
+_C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = False
+# Detectron2 checkpoints (bcd/modeling/d2_convert.py): the channel order the checkpoint's first
+# conv was trained on ("BGR" for Detectron2's MSRA / Caffe2 models; "RGB" for torchvision-based).
+# Converted weights take RGB input; set MODEL.PIXEL_MEAN / PIXEL_STD to the checkpoint's, in RGB order.
+_C.MODEL.D2_INPUT_FORMAT = "BGR"
+# --------------------------------------------------------------------------- end of issue 11
+
+# ---------------------------------------------------------------------------------------------
 # INPUT
 # ---------------------------------------------------------------------------------------------
 _C.INPUT = CN()

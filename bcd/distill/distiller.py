@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from bcd.config import CfgNode, get_cfg
 from bcd.engine.checkpoint import state_dict_mismatch
+from bcd.modeling.d2_convert import maybe_convert_detectron2
 from bcd.modeling.meta_arch.build import META_ARCH_REGISTRY
 
 from .losses import KD_LOSS_REGISTRY, DistillLoss, FeatureShape, KDContext
@@ -92,6 +93,8 @@ def load_teacher_weights(model: nn.Module, path: str) -> None:
     state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
     if any(k.startswith("student.") for k in state):  # a Distiller checkpoint: take its student
         state = {k[8:]: v for k, v in state.items() if k.startswith("student.")}
+    # a Detectron2 checkpoint as the teacher: bcd/modeling/d2_convert.py
+    state = maybe_convert_detectron2(state, model, source=path)
     problem = state_dict_mismatch(model.state_dict(), state)
     if problem:
         raise ValueError(

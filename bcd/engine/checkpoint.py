@@ -212,6 +212,10 @@ class Checkpointer(_FvCheckpointer):
         for k, v in list(state.items()):  # numpy arrays (e.g. converted weights) -> tensors
             if not isinstance(v, torch.Tensor) and hasattr(v, "__array__"):
                 state[k] = torch.as_tensor(v)
+        # Detectron2 checkpoints (key names, BGR stem, anchor order): bcd/modeling/d2_convert.py
+        from ..modeling.d2_convert import maybe_convert_detectron2
+
+        state = maybe_convert_detectron2(state, deploy_model(self.model), source=self._loading_path)
 
         candidates = [("model", self.model)]
         deployed = deploy_model(self.model)

@@ -110,6 +110,8 @@ class ResNet(Backbone):
         out_features: names returned by ``forward``.
         freeze_at: 0 trains everything; ``k >= 1`` freezes the stem and the first ``k - 1``
             stages (Detectron2's ``FREEZE_AT``).
+        stride_in_1x1: MSRA layout: a bottleneck's stride in its first 1×1 conv (Detectron2's
+            ``STRIDE_IN_1X1``); False = torchvision's (stride in the 3×3 conv).
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class ResNet(Backbone):
         deep_stem: bool = False,
         out_features: Sequence[str] = STAGE_NAMES,
         freeze_at: int = 0,
+        stride_in_1x1: bool = False,
     ) -> None:
         super().__init__()
         if depth not in RESNET_SPECS:
@@ -142,6 +145,11 @@ class ResNet(Backbone):
         for i, (name, planes, n) in enumerate(zip(STAGE_NAMES, widths, layers)):
             stage_stride = 1 if i == 0 else 2
             stage = _make_stage(block, inplanes, planes, n, stage_stride, norm_layer)
+            if stride_in_1x1 and block is Bottleneck and stage_stride > 1:
+                # MSRA layout (MODEL.RESNETS.STRIDE_IN_1X1, Detectron2 / Caffe2 ImageNet
+                # models): the stride sits in the bottleneck's first 1x1 conv, not its 3x3.
+                stage[0].conv1.stride = (stage_stride, stage_stride)
+                stage[0].conv2.stride = (1, 1)
             if dilations[i] > 1:
                 # torchvision's replace_stride_with_dilation only supports Bottleneck; the same
                 # result for both block types: stride-2 conv -> stride 1 with the previous
@@ -230,6 +238,7 @@ def _resnet_from_cfg(cfg, out_features: Optional[List[str]] = None) -> ResNet:
         deep_stem=r.DEEP_STEM,
         out_features=out_features if out_features is not None else r.OUT_FEATURES,
         freeze_at=0,
+        stride_in_1x1=r.STRIDE_IN_1X1,
     )
     if cfg.MODEL.BACKBONE.WEIGHTS:
         model.load_torchvision(cfg.MODEL.BACKBONE.WEIGHTS)

@@ -3,5 +3,6 @@ from .build import META_ARCH_REGISTRY, build_model
 from .semantic_seg import SemanticSegmentor
 from . import gfl, retinanet  # noqa: F401  (registers RetinaNet, GFL)
 from . import object_seg  # noqa: F401  (registers ObjectSegmentor)
+from . import cascade_rcnn  # noqa: F401  (registers CascadeMaskRCNN, MaskRCNN)
 
 __all__ = ["META_ARCH_REGISTRY", "SemanticSegmentor", "build_model"]

@@ -25,6 +25,7 @@ from torchvision.ops import batched_nms, box_iou, sigmoid_focal_loss
 
 from ...structures import ImageBatch, Instances, pad_to_divisible
 from ..backbone import build_backbone
+from ..heads.rpn import DefaultAnchorGenerator
 from .build import META_ARCH_REGISTRY
 
 __all__ = ["DenseDetector", "RetinaNet", "RetinaNetHead", "permute_to_N_HWA_K"]
@@ -68,6 +69,7 @@ class DenseDetector(nn.Module):
         )
         self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), False)
+        self.d2_input_format = cfg.MODEL.D2_INPUT_FORMAT  # for Detectron2 checkpoints (d2_convert.py)
         self.max_detections_per_image = int(cfg.TEST.DETECTIONS_PER_IMAGE)
 
     @property
@@ -173,6 +175,9 @@ class DenseDetector(nn.Module):
             h, w = batch.image_sizes[i]
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            # boxes clipped to nothing are dropped (Detectron2's detector_postprocess)
+            nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            boxes, scores, classes = boxes[nonempty], scores[nonempty], classes[nonempty]
             inp = batch.inputs[i] if i < len(batch.inputs) else {}
             out_h, out_w = inp.get("height", h), inp.get("width", w)
             scale = boxes.new_tensor([out_w / w, out_h / h, out_w / w, out_h / h])
@@ -259,7 +264,8 @@ class RetinaNet(DenseDetector):
         ratios = _per_level(
             cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS, n, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"
         )
-        self.anchor_generator = AnchorGenerator(
+        # Detectron2's unrounded cell anchors (torchvision rounds them to integers)
+        self.anchor_generator = DefaultAnchorGenerator(
             tuple(tuple(float(s) for s in v) for v in sizes),
             tuple(tuple(float(r) for r in v) for r in [None] for v in ratios),
         )
