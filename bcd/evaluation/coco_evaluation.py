@@ -1,9 +1,12 @@
-"""``COCOEvaluator``: box AP of detections through ``pycocotools`` (Detectron2's metrics).
+"""``COCOEvaluator``: box and mask AP of detections through ``pycocotools`` (Detectron2's metrics).
 
 The predictions of every process are gathered on the main process, mapped back to the dataset's
-category ids, written to ``<output_dir>/coco_instances_results.json`` and scored by
-``pycocotools.cocoeval.COCOeval`` against the dataset's json: AP (0.50:0.95), AP50, AP75, APs,
-APm, APl and per-category AP, in percent, under the task ``"bbox"``.
+category ids, written to ``<output_dir>/coco_instances_results.json`` (boxes, and masks as
+compressed RLE) and scored by ``pycocotools.cocoeval.COCOeval`` against the dataset's json: AP
+(0.50:0.95), AP50, AP75, APs, APm, APl and per-category AP, in percent, under the task ``"bbox"``
+and, when the predictions carry ``pred_masks`` (or ``tasks`` asks for it), ``"segm"``. For
+``segm`` the result boxes are dropped before ``loadRes`` so that pycocotools takes each
+detection's area from its mask (as Detectron2 does).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -25,14 +28,16 @@ from .evaluator import EVALUATOR_TYPES, DatasetEvaluator
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COCOEvaluator", "instances_to_coco_json", "coco_eval_bbox"]
+__all__ = ["COCOEvaluator", "instances_to_coco_json", "coco_eval", "coco_eval_bbox"]
 
 _METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 
 def instances_to_coco_json(instances, image_id: int) -> List[Dict[str, Any]]:
-    """``Instances`` (pred_boxes XYXY, scores, pred_classes contiguous) -> COCO result dicts with
-    ``bbox`` XYWH and the *contiguous* ``category_id`` (mapped to dataset ids later)."""
+    """``Instances`` (pred_boxes XYXY, scores, pred_classes contiguous, optional pred_masks
+    ``N×H×W`` bool at the original image size) -> COCO result dicts with ``bbox`` XYWH, the
+    *contiguous* ``category_id`` (mapped to dataset ids later) and ``segmentation`` (compressed
+    RLE, ``counts`` as str) when masks are present."""
     n = len(instances)
     if n == 0:
         return []
@@ -40,7 +45,7 @@ def instances_to_coco_json(instances, image_id: int) -> List[Dict[str, Any]]:
     boxes[:, 2:] -= boxes[:, :2]  # XYXY -> XYWH
     scores = instances.scores.detach().cpu().tolist()
     classes = instances.pred_classes.detach().cpu().tolist()
-    return [
+    results = [
         {
             "image_id": image_id,
             "category_id": int(classes[k]),
@@ -49,16 +54,50 @@ def instances_to_coco_json(instances, image_id: int) -> List[Dict[str, Any]]:
         }
         for k in range(n)
     ]
+    if instances.has("pred_masks"):
+        from pycocotools import mask as mask_util
+
+        masks = instances.pred_masks.detach().cpu().numpy().astype(np.uint8)
+        for r, m in zip(results, masks):
+            rle = mask_util.encode(np.asfortranarray(m[:, :, None]))[0]
+            rle["counts"] = rle["counts"].decode("ascii")
+            r["segmentation"] = rle
+    return results
 
 
-def coco_eval_bbox(coco_gt, results: List[Dict[str, Any]], img_ids: Optional[List[int]] = None):
-    """Run ``COCOeval`` (iouType bbox) on ``results`` (dataset category ids); returns the
-    evaluated ``COCOeval`` object (``.stats`` holds the 12 standard numbers in [0, 1])."""
+def _no_results(coco_gt):
+    """An empty detection set for ``COCOeval``: with no detections it reports 0 where ground
+    truth exists and -1 (undefined) where none does, which a hard-coded 0 would hide."""
+    from pycocotools.coco import COCO
+
+    dt = COCO()
+    dt.dataset = {"images": list(coco_gt.dataset["images"]),
+                  "categories": copy.deepcopy(coco_gt.dataset["categories"]), "annotations": []}
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt.createIndex()
+    return dt
+
+
+def coco_eval(coco_gt, results: List[Dict[str, Any]], iou_type: str = "bbox",
+              img_ids: Optional[List[int]] = None):
+    """Run ``COCOeval`` (``iou_type`` ``"bbox"`` or ``"segm"``) on ``results`` (dataset category
+    ids); returns the evaluated ``COCOeval`` object (``.stats``: the 12 standard numbers in [0, 1]).
+
+    For ``segm`` every result needs ``segmentation``; its ``bbox`` is removed from a copy so that
+    pycocotools computes areas from the masks."""
     from pycocotools.cocoeval import COCOeval
 
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm'; got '{iou_type}'")
+    results = copy.deepcopy(results)
+    if iou_type == "segm":
+        for r in results:
+            if "segmentation" not in r:
+                raise ValueError("segm evaluation: a result has no 'segmentation' (model without masks?)")
+            r.pop("bbox", None)
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(copy.deepcopy(results)) if results else None
-        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        coco_dt = coco_gt.loadRes(results) if results else _no_results(coco_gt)
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
         if img_ids is not None:
             ev.params.imgIds = sorted(img_ids)
         ev.evaluate()
@@ -66,22 +105,32 @@ def coco_eval_bbox(coco_gt, results: List[Dict[str, Any]], img_ids: Optional[Lis
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         ev.summarize()
-    logger.info("COCOeval (bbox):\n" + buf.getvalue())
+    logger.info(f"COCOeval ({iou_type}):\n" + buf.getvalue())
     return ev
 
 
+def coco_eval_bbox(coco_gt, results: List[Dict[str, Any]], img_ids: Optional[List[int]] = None):
+    """``coco_eval(coco_gt, results, "bbox", img_ids)``."""
+    return coco_eval(coco_gt, results, "bbox", img_ids)
+
+
 class COCOEvaluator(DatasetEvaluator):
-    """Box AP on a COCO-format dataset (metadata ``json_file``, ``thing_classes``,
+    """Box (and mask) AP on a COCO-format dataset (metadata ``json_file``, ``thing_classes``,
     ``thing_dataset_id_to_contiguous_id``).
 
     Args:
         dataset_name: a registered dataset with ``evaluator_type == "coco"``.
         output_dir: where ``coco_instances_results.json`` is written (None = not written).
         distributed: gather the predictions of all processes.
+        tasks: ``("bbox",)``, ``("bbox", "segm")``; None = ``bbox``, plus ``segm`` when the
+            predictions carry masks (the config builder passes ``segm`` when ``MODEL.MASK_ON``).
     """
 
     def __init__(self, dataset_name: str, output_dir: Optional[str] = None,
-                 distributed: bool = True) -> None:
+                 distributed: bool = True, tasks: Optional[Sequence[str]] = None) -> None:
+        if tasks is not None and (not set(tasks) <= {"bbox", "segm"} or not tasks):
+            raise ValueError(f"COCOEvaluator tasks must be among ('bbox', 'segm'); got {tasks}")
+        self.tasks = tuple(tasks) if tasks is not None else None
         self.dataset_name = dataset_name
         self.output_dir = output_dir
         self.distributed = distributed
@@ -105,10 +154,11 @@ class COCOEvaluator(DatasetEvaluator):
     def coco_gt(self):
         """The ground truth as a ``pycocotools.coco.COCO`` (read once, lazily)."""
         if self._coco_gt is None:
-            from pycocotools.coco import COCO
+            from ..data.datasets.coco import load_coco_gt
 
-            with contextlib.redirect_stdout(io.StringIO()):
-                self._coco_gt = COCO(self.json_file)
+            # The loader's ground truth (pycocotools' COCO): 'area' / 'iscrowd' completed where
+            # the json lacks them, so evaluation needs what training was validated for.
+            self._coco_gt = load_coco_gt(self.json_file)
         return self._coco_gt
 
     def reset(self) -> None:
@@ -154,15 +204,16 @@ class COCOEvaluator(DatasetEvaluator):
             os.replace(tmp, path)
         if img_ids is None:
             img_ids = sorted({p["image_id"] for p in predictions})
-        return OrderedDict({"bbox": self._derive(results, img_ids)})
+        tasks = self.tasks
+        if tasks is None:
+            tasks = ("bbox", "segm") if any("segmentation" in r for r in results) else ("bbox",)
+        return OrderedDict((t, self._derive(results, img_ids, t)) for t in tasks)
 
-    def _derive(self, results: List[Dict[str, Any]], img_ids: List[int]) -> Dict[str, float]:
+    def _derive(self, results: List[Dict[str, Any]], img_ids: List[int],
+                iou_type: str = "bbox") -> Dict[str, float]:
         if len(results) == 0:
-            logger.warning(f"COCOEvaluator on '{self.dataset_name}': no detections; AP = 0")
-            out = {m: 0.0 for m in _METRICS}
-            out.update({f"AP-{n}": 0.0 for n in self.thing_classes})
-            return out
-        ev = coco_eval_bbox(self.coco_gt, results, img_ids)
+            logger.warning(f"COCOEvaluator on '{self.dataset_name}': no detections")
+        ev = coco_eval(self.coco_gt, results, iou_type, img_ids)
         # COCOeval reports -1 where a metric is undefined (e.g. no small objects): NaN here
         out = {
             m: float(ev.stats[i] * 100) if ev.stats[i] >= 0 else float("nan")
@@ -182,7 +233,8 @@ class COCOEvaluator(DatasetEvaluator):
 
 
 def _build(cfg, dataset_name: str, output_dir: Optional[str]) -> COCOEvaluator:
-    return COCOEvaluator(dataset_name, output_dir)
+    mask_on = bool(cfg is not None and cfg.MODEL.get("MASK_ON", False))
+    return COCOEvaluator(dataset_name, output_dir, tasks=("bbox", "segm") if mask_on else ("bbox",))
 
 
 EVALUATOR_TYPES["coco"] = _build
