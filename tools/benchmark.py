@@ -143,7 +143,7 @@ def measure_model(kind: str, losses: List[str], size: int, batch: int, iters: in
     that of the distillation steps. ``kind="baseline"``: the peak memory of a plain student step
     plus a teacher forward.
     """
-    from bcd.modeling import build_model
+    from bcd.distill import build_model
 
     torch.manual_seed(0)
     inputs = _inputs(size, batch)

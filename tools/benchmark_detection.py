@@ -73,7 +73,7 @@ def det_inputs(size: int, batch: int, boxes: int = 3) -> List[Dict[str, Any]]:
 def measure_detector(pair: str, kind: str, losses: List[str], size: int, batch: int, iters: int,
                      device: str, teacher_weights: str) -> Dict[str, float]:
     """One measurement (``kind`` = "student", "teacher" or "kd") in the current process."""
-    from bcd.modeling import build_model
+    from bcd.distill import build_model
 
     torch.manual_seed(0)
     cfgs = PAIRS[pair]

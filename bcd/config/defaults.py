@@ -5,6 +5,7 @@ override may only set keys that exist (an unknown key is an error naming the clo
 Sections are owned by one area each (core, semantic segmentation, detection, distillation).
 """
 from .config import CfgNode as CN
+from .kd_defaults import add_kd_loss_configs
 
 _C = CN()
 _C.VERSION = 1
@@ -116,7 +117,6 @@ _C.MODEL.GFL.QFL_BETA = 2.0
 _C.MODEL.GFL.SCORE_THRESH_TEST = 0.05
 _C.MODEL.GFL.TOPK_CANDIDATES_TEST = 1000
 _C.MODEL.GFL.NMS_THRESH_TEST = 0.6
-_C.MODEL.GFL.DETECTIONS_PER_IMAGE = 100
 
 # ---------------------------------------------------------------------------------------------
 # MODEL: instance segmentation, (Cascade) Mask R-CNN (issue 11; docs/detection.md)
@@ -276,7 +276,7 @@ _C.TEST.SEM_SEG.SCALES = [1.0]
 _C.TEST.SEM_SEG.BOUNDARY_DILATION_RATIO = 0.02
 
 # ---------------------------------------------------------------------------------------------
-# Distillation: filled in bcd/distill (see METHODS.md). Empty LOSSES = plain training.
+# Distillation (docs/methods.md). Empty LOSSES = plain training.
 # ---------------------------------------------------------------------------------------------
 _C.KD = CN()
 # Names of KD_LOSS_REGISTRY entries to turn on, e.g. ["BoundaryDistillation", "ContextDistillation"]
@@ -287,7 +287,7 @@ _C.KD.TEACHER.WEIGHTS = ""  # the trained teacher's checkpoint (required when KD
 _C.KD.TEACHER.OPTS = []  # overrides of the teacher config, KEY VALUE pairs
 _C.KD.EVAL_TEACHER = False  # evaluate the teacher before training and put it in kd_report
 # LR multiplier of every trainable KD module (connectors, HFA, boundary heads, projectors):
-# the Distiller exposes lr_multipliers = {"kd_modules": KD.LR_MULTIPLIER} (METHODS §2.8: x10).
+# the Distiller exposes lr_multipliers = {"kd_modules": KD.LR_MULTIPLIER} (docs/methods.md §2.8: x10).
 _C.KD.LR_MULTIPLIER = 10.0
 # Connectors created from the recorded shapes (student -> teacher channels / size).
 _C.KD.CONNECTOR = CN()
@@ -305,7 +305,16 @@ _C.KD.SHAPE_PROBE_SIZE = [128, 128]
 _C.KD.BASELINE_OUTPUT_DIR = ""
 _C.KD.TEACHER_OUTPUT_DIR = ""
 _C.KD.REPORT = True  # write OUTPUT_DIR/kd_report.{md,json} after training
-# Per-loss options live in KD.<LOSS_KEY> nodes declared by bcd/distill (one node per loss).
+# Log ||grad KD|| / ||grad task|| on the student backbone's parameters (torch.autograd.grad, only
+# on those iterations: one extra backward pass each) as kd/grad_ratio in metrics.json /
+# TensorBoard, every PERIOD iterations. Off by default (it costs two backward passes).
+_C.KD.LOG_GRAD_RATIO = CN()
+_C.KD.LOG_GRAD_RATIO.ENABLED = False
+_C.KD.LOG_GRAD_RATIO.PERIOD = 20
+# Per-loss options: the KD.<LOSS> nodes, one function per loss in bcd/config/kd_defaults.py
+# (torch-free, so that importing bcd.config loads no model code). Keys added to those nodes here
+# must come after this call.
+add_kd_loss_configs(_C)
 
 # ---------------------------------------------------------------------------------------------
 # Misc

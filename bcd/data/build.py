@@ -23,6 +23,7 @@ import torch.utils.data as torchdata
 from fvcore.common.registry import Registry
 
 from ..utils import comm
+from ..utils.registry import lookup
 from .catalog import DatasetCatalog
 
 logger = logging.getLogger(__name__)
@@ -40,15 +41,7 @@ def build_mapper(cfg, is_train: bool) -> Callable[[dict], Any]:
     """The mapper named by ``cfg.INPUT.DATASET_MAPPER_NAME``, built as ``cls(cfg, is_train)``."""
     import bcd.data.mappers  # noqa: F401  (registers the builtin mappers)
 
-    name = cfg.INPUT.DATASET_MAPPER_NAME
-    try:
-        cls = MAPPER_REGISTRY.get(name)
-    except KeyError as e:
-        known = ", ".join(sorted(k for k, _ in MAPPER_REGISTRY))
-        raise KeyError(
-            f"INPUT.DATASET_MAPPER_NAME '{name}' is not registered in MAPPER_REGISTRY; "
-            f"known: {known}"
-        ) from e
+    cls = lookup(MAPPER_REGISTRY, cfg.INPUT.DATASET_MAPPER_NAME, "INPUT.DATASET_MAPPER_NAME")
     return cls(cfg, is_train)
 
 

@@ -14,23 +14,12 @@ from typing import Tuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bcd.modeling.backbone.backbone import get_norm
+
+# The KD modules use the norm factory of the models (one owner); the old name stays importable.
+build_norm = get_norm
+
 __all__ = ["Connector", "align_spatial", "build_norm"]
-
-
-def build_norm(norm: str, channels: int) -> nn.Module:
-    """``""`` → identity, ``"BN"`` → BatchNorm2d, ``"GN"`` → GroupNorm(min(32, C)), ``"SyncBN"``."""
-    if norm == "":
-        return nn.Identity()
-    if norm == "BN":
-        return nn.BatchNorm2d(channels)
-    if norm == "SyncBN":
-        return nn.SyncBatchNorm(channels)
-    if norm.startswith("GN"):
-        groups = int(norm[2:]) if len(norm) > 2 else min(32, channels)
-        while channels % groups:
-            groups -= 1
-        return nn.GroupNorm(groups, channels)
-    raise ValueError(f"Unknown norm '{norm}' for a KD module; use '', 'BN', 'SyncBN', 'GN', 'GN4'")
 
 
 def align_spatial(x: Tensor, size: Tuple[int, int], mode: str = "interpolate") -> Tensor:
@@ -72,7 +61,7 @@ class Connector(nn.Module):
         self.spatial = spatial
         if in_channels != out_channels or force_conv:
             self.proj: nn.Module = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, bias=bias), build_norm(norm, out_channels)
+                nn.Conv2d(in_channels, out_channels, 1, bias=bias), get_norm(norm, out_channels)
             )
         else:
             self.proj = nn.Identity()

@@ -14,13 +14,20 @@ Built by ``build_model(cfg)`` when ``cfg.KD.LOSSES`` is not empty:
 * ``kd_modules``: ``nn.ModuleDict`` of the losses (with their connectors / heads) plus
   ``kd_modules.shared`` (modules used by several losses). ``lr_multipliers`` =
   ``{"kd_modules": KD.LR_MULTIPLIER}``.
-* Buffers ``kd_iteration`` (the iteration the schedules read; set by the training hook, saved
-  for ``--resume``) and the temperature controllers inside the losses.
+* Buffers ``kd_iteration`` (the iteration the schedules read: the trainer's, taken from the open
+  ``EventStorage`` at each training forward, saved for ``--resume``) and the temperature
+  controllers inside the losses.
 
-Training forward: ``batch_s = student.preprocess(inputs)``, ``batch_t = teacher.preprocess(inputs)``;
-the teacher's ``extract`` under ``no_grad``; the student's ``forward_batch`` (task losses); the
-recorded features of both go to each loss; each loss's entries are multiplied by its scheduled
-weight. Eval forward: ``student(inputs)``. ``deploy_model()`` returns the student.
+Training forward (the one training-step path, docs/internals.md): ``batch_s =
+student.preprocess(inputs)``, ``batch_t = teacher.preprocess(inputs)``; inside
+``FeatureRecorder.recording()`` (hooks exist only there): the teacher's ``extract`` under
+``no_grad``, the student's ``forward_train`` (task losses + the outputs it published, e.g. a
+detector's anchor assignment) or ``forward_batch``; then each loss of ``KD.LOSSES`` on the
+recorded features and a ``KDContext``. The returned dict holds, per loss, the weighted entries
+``loss_kd_<x>`` (summed by the trainer), ``kd/<x>/raw`` (the unweighted value, detached) and
+``kd/<loss>/weight`` (the scheduled weight), and every ``KD.LOG_GRAD_RATIO.PERIOD`` iterations
+``kd/grad_ratio`` (see :meth:`Distiller.grad_ratio`). Eval forward: ``student(inputs)``.
+``deploy_model()`` returns the student.
 """
 from __future__ import annotations
 
@@ -32,9 +39,11 @@ import torch
 from torch import Tensor, nn
 
 from bcd.config import CfgNode, get_cfg
-from bcd.engine.checkpoint import state_dict_mismatch
 from bcd.modeling.d2_convert import maybe_convert_detectron2
 from bcd.modeling.meta_arch.build import META_ARCH_REGISTRY
+from bcd.utils.events import current_event_storage
+from bcd.utils.registry import lookup
+from bcd.utils.state_dict import state_dict_mismatch
 
 from .losses import KD_LOSS_REGISTRY, DistillLoss, FeatureShape, KDContext
 from .recorder import FeatureRecorder
@@ -106,7 +115,8 @@ def load_teacher_weights(model: nn.Module, path: str) -> None:
 def build_teacher(cfg: CfgNode) -> Tuple[nn.Module, CfgNode]:
     """Build the frozen teacher (eval mode, no gradients, on ``MODEL.DEVICE``) and its config."""
     tcfg = teacher_config(cfg)
-    teacher = META_ARCH_REGISTRY.get(tcfg.MODEL.META_ARCHITECTURE)(tcfg)
+    teacher = lookup(META_ARCH_REGISTRY, tcfg.MODEL.META_ARCHITECTURE,
+                     f"MODEL.META_ARCHITECTURE of KD.TEACHER.CONFIG_FILE")(tcfg)
     load_teacher_weights(teacher, cfg.KD.TEACHER.WEIGHTS)
     teacher.requires_grad_(False)
     teacher.eval()
@@ -148,16 +158,10 @@ class Distiller(nn.Module):
             raise ValueError("Distiller needs at least one loss in KD.LOSSES")
         if len(set(names)) != len(names):
             raise ValueError(f"KD.LOSSES lists a loss twice: {names}")
-        loss_classes = {}
-        for n in names:
-            try:
-                loss_classes[n] = KD_LOSS_REGISTRY.get(n)
-            except KeyError:
-                known = ", ".join(sorted(k for k, _ in KD_LOSS_REGISTRY))
-                raise KeyError(f"KD.LOSSES: unknown loss '{n}'; registered: {known}") from None
+        loss_classes = {n: lookup(KD_LOSS_REGISTRY, n, "KD.LOSSES: unknown loss") for n in names}
 
         self.cfg = cfg.clone()
-        self.student = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+        self.student = lookup(META_ARCH_REGISTRY, cfg.MODEL.META_ARCHITECTURE, "MODEL.META_ARCHITECTURE")(cfg)
         self.student.to(torch.device(cfg.MODEL.DEVICE))
         teacher, self.teacher_cfg = build_teacher(cfg)
         object.__setattr__(self, "_teacher", teacher)  # unregistered on purpose (docstring)
@@ -169,8 +173,11 @@ class Distiller(nn.Module):
             s, t = cls.feature_names(cfg)
             s_names += s
             t_names += t
-        self.student_recorder = FeatureRecorder(self.student, s_names, "student")
-        self.teacher_recorder = FeatureRecorder(teacher, t_names, "teacher", detach=True)
+        # Hooks only inside recording() (training forward, shape probe): evaluation and the
+        # exported student carry none.
+        self.student_recorder = FeatureRecorder(self.student, s_names, "student", persistent=False)
+        self.teacher_recorder = FeatureRecorder(teacher, t_names, "teacher", detach=True,
+                                                persistent=False)
 
         s_shapes, t_shapes = self._probe_shapes(cfg)
         self.kd_modules = nn.ModuleDict()
@@ -190,7 +197,23 @@ class Distiller(nn.Module):
         self.register_buffer("kd_iteration", torch.tensor(0, dtype=torch.int64))
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
         self.ignore_value = int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
-        self.last_weights: Dict[str, float] = {}
+        # KD.<LOSS>.MASK is read here and nowhere else (losses without the key use no mask).
+        self.masks: Dict[str, bool] = {
+            cls.NAME: bool(cls.config_node(cfg).get("MASK", False)) for cls in loss_classes.values()
+        }
+        self.grad_ratio_period = (
+            int(cfg.KD.LOG_GRAD_RATIO.PERIOD) if cfg.KD.LOG_GRAD_RATIO.ENABLED else 0
+        )
+        if cfg.KD.LOG_GRAD_RATIO.ENABLED:
+            if self.grad_ratio_period <= 0:
+                raise ValueError(
+                    f"KD.LOG_GRAD_RATIO.PERIOD must be > 0 when ENABLED; got {self.grad_ratio_period}"
+                )
+            if not isinstance(getattr(self.student, "backbone", None), nn.Module):
+                raise ValueError(
+                    "KD.LOG_GRAD_RATIO needs a student with a 'backbone' submodule; "
+                    f"{type(self.student).__name__} has none"
+                )
         self.to(torch.device(cfg.MODEL.DEVICE))
 
     # ------------------------------------------------------------------ teacher handling
@@ -224,8 +247,15 @@ class Distiller(nn.Module):
         return int(self.kd_iteration.item())
 
     def set_iteration(self, iteration: int) -> None:
-        """Called by the training hook before each step (the schedules read it)."""
+        """Set the iteration the schedules read (outside a trainer; inside one the training
+        forward takes it from the open ``EventStorage``)."""
         self.kd_iteration.fill_(int(iteration))
+
+    def _sync_iteration(self) -> int:
+        storage = current_event_storage()
+        if storage is not None:  # in a training loop: its iteration is the truth
+            self.kd_iteration.fill_(int(storage.iter))
+        return self.iteration
 
     # ------------------------------------------------------------------ dry run
     @torch.no_grad()
@@ -235,36 +265,39 @@ class Distiller(nn.Module):
         was_training = self.student.training
         self.student.eval()
         try:
-            bs = self.student.preprocess(inputs)
-            self.student.extract(bs)
-            bt = self.teacher.preprocess(inputs)
-            self.teacher.extract(bt)
-            probe_s = tuple(bs.tensor.shape[-2:])
-            probe_t = tuple(bt.tensor.shape[-2:])
-            s_shapes = {n: _shape_of(self.student_recorder.get(n), probe_s) for n in self.student_recorder.names}
-            t_shapes = {n: _shape_of(self.teacher_recorder.get(n), probe_t) for n in self.teacher_recorder.names}
+            with self.student_recorder.recording(), self.teacher_recorder.recording():
+                bs = self.student.preprocess(inputs)
+                self.student.extract(bs)
+                bt = self.teacher.preprocess(inputs)
+                self.teacher.extract(bt)
+                probe_s = tuple(bs.tensor.shape[-2:])
+                probe_t = tuple(bt.tensor.shape[-2:])
+                s_shapes = {n: _shape_of(self.student_recorder.get(n), probe_s)
+                            for n in self.student_recorder.names}
+                t_shapes = {n: _shape_of(self.teacher_recorder.get(n), probe_t)
+                            for n in self.teacher_recorder.names}
         finally:
             self.student.train(was_training)
-            self.student_recorder.clear()
-            self.teacher_recorder.clear()
         return s_shapes, t_shapes
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: List[Dict[str, Any]]):
-        """Training: task + KD losses (``Dict[str, Tensor]``); eval: the student's results."""
+        """Training: task + KD losses and the KD log scalars (``Dict[str, Tensor]``, see the
+        module docstring); eval: the student's results."""
         if not self.training:
             return self.student(batched_inputs)
-        it = self.iteration
+        it = self._sync_iteration()
         batch_s = self.student.preprocess(batched_inputs)
         batch_t = self.teacher.preprocess(batched_inputs)
-        self.student_recorder.clear()
-        self.teacher_recorder.clear()
-        try:
+        with self.student_recorder.recording(), self.teacher_recorder.recording():
             with torch.no_grad():
                 teacher_out = self.teacher.extract(batch_t)
-            losses = dict(self.student.forward_batch(batch_s))
-            s_feats = self.student_recorder.collect()
-            t_feats = self.teacher_recorder.collect()
+            forward_train = getattr(self.student, "forward_train", None)
+            if callable(forward_train):
+                task_losses, student_out = forward_train(batch_s)
+            else:
+                task_losses, student_out = self.student.forward_batch(batch_s), {}
+            task_losses = dict(task_losses)
             ctx = KDContext(
                 student_batch=batch_s,
                 teacher_batch=batch_t,
@@ -274,27 +307,84 @@ class Distiller(nn.Module):
                 iteration=it,
                 max_iter=self.max_iter,
                 ignore_value=self.ignore_value,
+                student_outputs=dict(student_out),
             )
-            for name, loss in self.kd_losses.items():
-                w = self.schedules[name](it)
-                self.last_weights[name] = w
-                ctx.use_label_mask = bool(loss.node.MASK)
-                out = loss(
-                    {k: s_feats[k] for k in loss.student_features},
-                    {k: t_feats[k] for k in loss.teacher_features},
-                    ctx,
-                )
-                for k, v in out.items():
-                    if k in losses:
-                        raise KeyError(f"KD loss '{name}' returns '{k}', which is already in the loss dict")
-                    losses[k] = v if k in loss.aux_loss_keys else v * w
-        finally:
-            # Release recorded tensors every step (also on error).
-            self.student_recorder.clear()
-            self.teacher_recorder.clear()
+            kd_losses, logs = self._kd_losses(
+                self.student_recorder.collect(), self.teacher_recorder.collect(), ctx, it
+            )
+        losses = dict(task_losses)
+        for k, v in kd_losses.items():
+            if k in losses:
+                raise KeyError(f"KD loss entry '{k}' is already in the student's loss dict")
+            losses[k] = v
+        if self.grad_ratio_period and it % self.grad_ratio_period == 0:
+            logs.update(self.grad_ratio(task_losses, kd_losses))
+        losses.update(logs)
         return losses
 
-    # ------------------------------------------------------------------ hooks / logging
+    def _kd_losses(
+        self, s_feats: Dict[str, Any], t_feats: Dict[str, Any], ctx: KDContext, it: int
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        """Run every loss; return the weighted ``loss_kd_*`` entries and the log scalars
+        (``kd/<x>/raw``: each scheduled entry unweighted and detached; ``kd/<loss>/weight``)."""
+        losses: Dict[str, Tensor] = {}
+        logs: Dict[str, Tensor] = {}
+        for name, loss in self.kd_losses.items():
+            w = float(self.schedules[name](it))
+            ctx.mask = self.masks[name]
+            out = loss(
+                {k: s_feats[k] for k in loss.student_features},
+                {k: t_feats[k] for k in loss.teacher_features},
+                ctx,
+            )
+            for k, v in out.items():
+                if k in losses:
+                    raise KeyError(f"KD loss '{name}' returns '{k}', which another KD loss returned")
+                if k in loss.aux_loss_keys:  # fixed-weight auxiliary term: logged as it is
+                    losses[k] = v
+                    continue
+                losses[k] = v * w
+                tag = k[len("loss_kd_"):] if k.startswith("loss_kd_") else k
+                logs[f"kd/{tag}/raw"] = v.detach()
+            logs[f"kd/{name}/weight"] = torch.tensor(w)
+        return losses, logs
+
+    def grad_ratio(self, task_losses: Dict[str, Tensor], kd_losses: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """``‖∇_θ L_KD‖ / ‖∇_θ L_task‖`` over the student backbone's trainable parameters θ.
+
+        ``L_task`` is the sum of the student's ``loss*`` entries, ``L_KD`` the sum of the
+        weighted KD entries (what the trainer adds to the objective). Both gradients come from
+        ``torch.autograd.grad`` (``retain_graph=True``: the trainer's backward follows; the
+        parameters' ``.grad`` is untouched), so this costs two extra backward passes and runs
+        only every ``KD.LOG_GRAD_RATIO.PERIOD`` iterations.
+
+        Returns:
+            ``{"kd/grad_ratio", "kd/grad_norm/task", "kd/grad_norm/kd", "kd/grad_cosine"}``
+            (0-dim tensors; the cosine is that of the two flattened gradients).
+        """
+        params = [p for p in self.student.backbone.parameters() if p.requires_grad]
+
+        def flat_grad(total: Tensor) -> Tensor:
+            if not (isinstance(total, Tensor) and total.requires_grad) or not params:
+                return torch.zeros(sum(p.numel() for p in params))
+            grads = torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)
+            return torch.cat([
+                (g if g is not None else torch.zeros_like(p)).detach().float().reshape(-1).cpu()
+                for g, p in zip(grads, params)
+            ])
+
+        task = sum((v for k, v in task_losses.items() if k.startswith("loss")), torch.zeros(()))
+        kd = sum((v for k, v in kd_losses.items() if k.startswith("loss")), torch.zeros(()))
+        g_task, g_kd = flat_grad(task), flat_grad(kd)
+        n_task, n_kd = g_task.norm(), g_kd.norm()
+        return {
+            "kd/grad_ratio": n_kd / n_task.clamp_min(1e-12),
+            "kd/grad_norm/task": n_task,
+            "kd/grad_norm/kd": n_kd,
+            "kd/grad_cosine": (g_task @ g_kd) / (n_task * n_kd).clamp_min(1e-12),
+        }
+
+    # ------------------------------------------------------------------ logging
     def temperatures(self) -> Dict[str, Any]:
         """``{"<loss>/<controller>": TemperatureController}`` of every loss."""
         out = {}
@@ -302,15 +392,6 @@ class Distiller(nn.Module):
             for tag, ctrl in loss.temperatures().items():
                 out[f"{name}/{tag}" if tag else name] = ctrl
         return out
-
-    def training_hooks(self) -> List[Any]:
-        """Hooks the trainer adds: KD schedule / temperature stepping + logging, and the report."""
-        from .hooks import KDReportHook, KDScheduleHook
-
-        hooks: List[Any] = [KDScheduleHook(self)]
-        if self.cfg.KD.REPORT:
-            hooks.append(KDReportHook(self))
-        return hooks
 
     def kd_parameter_count(self) -> int:
         """Number of trainable KD parameters (connectors, HFA, heads): not exported."""

@@ -3,9 +3,10 @@
 A feature name is ``module.path`` (the output of ``model.get_submodule("module.path")``) or
 ``module.path[key]`` (one entry of a dict / tuple / list output; an integer key indexes a
 sequence, anything else a dict; keys chain: ``head[0][1]``). Every name is checked when the
-recorder is built: a wrong module path fails with the closest valid names. Recorded values are
-released by :meth:`FeatureRecorder.clear` (the ``Distiller`` calls it every step) and the hooks
-are removed by :meth:`FeatureRecorder.remove`.
+recorder is built: a wrong module path fails with the closest valid names. The ``Distiller``
+records only inside ``with recorder.recording():`` around its training forward (hooks attached
+on entry, removed and tensors released on exit); a stand-alone recorder (``persistent=True``)
+keeps its hooks until :meth:`FeatureRecorder.remove`.
 
 When a module runs several times in one forward, the last output wins.
 """
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Dict, Iterable, List, Tuple, Union
+from contextlib import contextmanager
+from typing import Any, Dict, Iterable, Iterator, List, Tuple, Union
 
 from torch import nn
 
@@ -68,10 +70,17 @@ class FeatureRecorder:
         names: feature names (see the module docstring).
         owner: a word for error messages ("student", "teacher").
         detach: store ``.detach()``-ed tensors (teacher side).
+        persistent: attach the hooks now and keep them until :meth:`remove` (stand-alone use);
+            with False (the ``Distiller``) they exist only inside :meth:`recording`.
     """
 
     def __init__(
-        self, model: nn.Module, names: Iterable[str], owner: str = "model", detach: bool = False
+        self,
+        model: nn.Module,
+        names: Iterable[str],
+        owner: str = "model",
+        detach: bool = False,
+        persistent: bool = True,
     ) -> None:
         self.owner = owner
         self.detach = detach
@@ -79,7 +88,8 @@ class FeatureRecorder:
         self._parsed = {n: parse_feature_name(n) for n in self.names}
         modules = dict(model.named_modules())
         self._outputs: Dict[str, Any] = {}
-        self._handles = []
+        self._handles: List[Any] = []
+        self._modules: Dict[str, nn.Module] = {}
         for path in dict.fromkeys(p for p, _ in self._parsed.values()):
             if path not in modules:
                 close = difflib.get_close_matches(path, [m for m in modules if m], n=5, cutoff=0.5)
@@ -87,7 +97,33 @@ class FeatureRecorder:
                     f"{owner} has no module '{path}' (from a KD feature name); "
                     f"closest valid names: {close if close else sorted(modules)[:10]}"
                 )
-            self._handles.append(modules[path].register_forward_hook(self._make_hook(path)))
+            self._modules[path] = modules[path]
+        self.persistent = persistent
+        if persistent:
+            self._attach()
+
+    def _attach(self) -> None:
+        for path, module in self._modules.items():
+            self._handles.append(module.register_forward_hook(self._make_hook(path)))
+
+    @contextmanager
+    def recording(self) -> Iterator["FeatureRecorder"]:
+        """Record only inside this block: the hooks are attached on entry (unless the recorder
+        is ``persistent``) and removed on exit, and the recorded tensors are released on exit
+        (also on an error). The ``Distiller`` wraps its training forward in it, so evaluation,
+        export and the model outside distillation carry no hooks."""
+        attached = not self._handles
+        if attached:
+            self._attach()
+        self.clear()
+        try:
+            yield self
+        finally:
+            self.clear()
+            if attached:
+                for h in self._handles:
+                    h.remove()
+                self._handles.clear()
 
     def _make_hook(self, path: str):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -121,7 +157,8 @@ class FeatureRecorder:
         self.clear()
 
     def __len__(self) -> int:
-        return len(self._handles)
+        """Number of distinct modules recorded."""
+        return len(self._modules)
 
 
 def _detach(x: Any) -> Any:

@@ -206,7 +206,7 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 class DefaultTrainer(TrainerBase):
     """The trainer of ``tools/train_net.py``, built from a config.
 
-    It builds the model (``bcd.modeling.build_model``: the ``Distiller`` when ``KD.LOSSES`` is
+    It builds the model (``bcd.distill.build_model``: the ``Distiller`` when ``KD.LOSSES`` is
     set), the optimizer, the LR scheduler and the train loader; wraps the model in DDP with
     several processes; trains with ``SimpleTrainer`` or ``AMPTrainer``
     (``SOLVER.AMP.ENABLED``); and registers the hooks: iteration timer, LR scheduler, the
@@ -327,6 +327,7 @@ class DefaultTrainer(TrainerBase):
         ]
         model_hooks = getattr(unwrap_model(self.model), "training_hooks", None)
         model_hooks = list(model_hooks()) if callable(model_hooks) else []
+        model_hooks += self.build_kd_hooks()
         # A model hook with ``after_eval = True`` (the KD report) goes last, after the final
         # evaluation and the writers.
         ret.extend(h for h in model_hooks if not getattr(h, "after_eval", False))
@@ -349,6 +350,19 @@ class DefaultTrainer(TrainerBase):
         ret.extend(h for h in model_hooks if getattr(h, "after_eval", False))
         return ret
 
+    def build_kd_hooks(self) -> List[HookBase]:
+        """For a ``Distiller``: ``KDTemperatureHook`` and, with ``KD.REPORT``, ``KDReportHook``
+        (after the final evaluation and writers); none for a plain model."""
+        from ..distill import Distiller
+
+        model = unwrap_model(self.model)
+        if not isinstance(model, Distiller):
+            return []
+        ret: List[HookBase] = [hooks.KDTemperatureHook(model)]
+        if model.cfg.KD.REPORT:
+            ret.append(hooks.KDReportHook(model))
+        return ret
+
     def build_writers(self) -> List[EventWriter]:
         """Console, ``metrics.json``, TensorBoard."""
         return default_writers(self.cfg.OUTPUT_DIR, self.max_iter)
@@ -365,8 +379,9 @@ class DefaultTrainer(TrainerBase):
     # ------------------------------------------------------------------ builders
     @classmethod
     def build_model(cls, cfg) -> nn.Module:
-        """``bcd.modeling.build_model(cfg)`` (the ``Distiller`` when ``KD.LOSSES`` is set)."""
-        from ..modeling import build_model
+        """``bcd.distill.build_model(cfg)``: the config's model, or the ``Distiller`` when
+        ``KD.LOSSES`` is set."""
+        from ..distill import build_model
 
         model = build_model(cfg)
         logger.info(f"Model:\n{model}")

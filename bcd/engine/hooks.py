@@ -1,4 +1,5 @@
-"""Training hooks (Detectron2's set): timing, LR schedule, checkpoints, evaluation, writers."""
+"""Training hooks (Detectron2's set): timing, LR schedule, checkpoints, evaluation, writers;
+and the two distillation hooks ``DefaultTrainer`` adds for a ``Distiller``."""
 from __future__ import annotations
 
 import datetime
@@ -25,6 +26,8 @@ __all__ = [
     "EvalHook",
     "BestCheckpointer",
     "PeriodicWriter",
+    "KDTemperatureHook",
+    "KDReportHook",
 ]
 
 
@@ -264,3 +267,51 @@ class PeriodicWriter(HookBase):
             # Also after an exception: flush what was recorded (e.g. the final evaluation).
             w.write()
             w.close()
+
+
+# ------------------------------------------------------------------------------ distillation
+class KDTemperatureHook(HookBase):
+    """After each step (after ``optimizer.step()``) step every temperature controller of the
+    ``Distiller``'s losses and put ``kd/<loss>/<controller>/tau`` (the value the next step uses)
+    in the storage.
+
+    The KD iteration needs no hook: the ``Distiller`` reads it from the event storage. Loss
+    values, raw values and weights travel in the loss dict (``SimpleTrainer.check_and_log``).
+    """
+
+    def __init__(self, distiller) -> None:
+        self.distiller = distiller
+
+    def after_step(self) -> None:
+        for tag, ctrl in self.distiller.temperatures().items():
+            ctrl.step()
+            self.trainer.storage.put_scalar(f"kd/{tag}/tau", ctrl.value, smoothing_hint=False)
+
+
+class KDReportHook(HookBase):
+    """After a completed run, on the main process, write ``OUTPUT_DIR/kd_report.{md,json}``
+    (``bcd.distill.report``) with the distilled student's final evaluation results.
+
+    The results come from the event storage: the scalars put at the final iteration, which after
+    training are those of ``EvalHook``'s final evaluation (register this hook after it).
+    ``after_eval = True`` asks ``DefaultTrainer.build_hooks`` to do so.
+    """
+
+    after_eval = True
+
+    def __init__(self, distiller) -> None:
+        self.distiller = distiller
+
+    def after_train(self) -> None:
+        if not comm.is_main_process():
+            return
+        if self.trainer.iter < self.trainer.max_iter:  # interrupted by an exception
+            return
+        from ..distill.report import write_kd_report
+
+        storage = self.trainer.storage
+        final = {k: v for k, (v, itr) in storage.latest().items() if itr == storage.iter}
+        try:
+            write_kd_report(self.distiller.cfg, self.distiller, student_results=final or None)
+        except Exception as e:  # a report must never lose a finished training run
+            logger.warning("kd_report could not be written: %s", e)

@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["HookBase", "TrainerBase", "SimpleTrainer", "AMPTrainer", "unwrap_model"]
 
+# Loss-dict keys the storage keeps unsmoothed (see SimpleTrainer.check_and_log).
+UNSMOOTHED_PREFIXES = ("loss_kd_", "kd/")
+
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper."""
@@ -296,7 +299,12 @@ class SimpleTrainer(TrainerBase):
         mean = {k: sum(m["metrics"][k] for m in all_metrics) / len(all_metrics) for k in keys}
         total = sum(v for k, v in mean.items() if k.startswith("loss"))
         storage.put_scalar("total_loss", total)
-        storage.put_scalars(**mean)
+        for k, v in mean.items():
+            # Distillation scalars are written as the value of their own iteration (no median),
+            # all of them alike, so that on every written line
+            # loss_kd_<x> = kd/<x>/raw × kd/<loss>/weight (the median of a product is not the
+            # product of medians, and a latest-value weight beside median losses misleads).
+            storage.put_scalar(k, v, smoothing_hint=not k.startswith(UNSMOOTHED_PREFIXES))
 
     def state_dict(self) -> Dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}

@@ -37,11 +37,16 @@ class ImageBatch:
     def device(self) -> torch.device:
         return self.tensor.device
 
-    def valid_mask(self, size: Optional[Tuple[int, int]] = None) -> Tensor:
-        """``B×h×w`` bool: True where a pixel lies inside its image (not padding).
+    def valid_mask(
+        self, size: Optional[Tuple[int, int]] = None, ignore_value: Optional[int] = None
+    ) -> Tensor:
+        """``B×h×w`` bool: True where a pixel lies inside its image (not padding) and, when
+        ``ignore_value`` is given and the batch has ``sem_seg``, its label is not ignored.
 
         With ``size`` the mask is given on an ``h×w`` grid covering the padded tensor (a feature
-        map of stride ``H/h``): a cell is valid when its top-left pixel is inside the image.
+        map of stride ``H/h``): a cell is inside when its top-left pixel is inside the image, and
+        its label is the nearest-downsampled one. This is the one validity mask of ``bcd``
+        (docs/methods.md, "Masks"); the distillation context caches it per step.
         """
         B, _, H, W = self.tensor.shape
         h, w = size if size is not None else (H, W)
@@ -50,7 +55,11 @@ class ImageBatch:
         sizes = torch.tensor(self.image_sizes, device=self.device, dtype=torch.float32)
         valid_y = ys[None, :] < sizes[:, 0:1]  # B×h
         valid_x = xs[None, :] < sizes[:, 1:2]  # B×w
-        return valid_y[:, :, None] & valid_x[:, None, :]
+        valid = valid_y[:, :, None] & valid_x[:, None, :]
+        if ignore_value is not None and self.sem_seg is not None:
+            lab = F.interpolate(self.sem_seg[:, None].float(), size=(h, w), mode="nearest")[:, 0]
+            valid = valid & (lab != ignore_value)
+        return valid
 
 
 def pad_to_divisible(

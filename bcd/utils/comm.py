@@ -127,3 +127,16 @@ def reduce_dict(input_dict: Dict[str, torch.Tensor], average: bool = True) -> Di
         if get_rank() == 0 and average:
             values /= world_size
         return {k: v for k, v in zip(names, values)}
+
+
+def reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over all processes (a copy; ``x`` itself without a process group).
+
+    Loss normalisers (e.g. the number of positive anchors) go through it so that every rank
+    divides by the same value."""
+    world_size = get_world_size()
+    if world_size == 1:
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / world_size

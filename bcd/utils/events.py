@@ -36,6 +36,12 @@ def get_event_storage() -> "EventStorage":
     return _CURRENT_STORAGE_STACK[-1]
 
 
+def current_event_storage() -> Optional["EventStorage"]:
+    """The ``EventStorage`` of the running training loop, or None outside one (a model used
+    outside the trainer, e.g. in a test or a benchmark)."""
+    return _CURRENT_STORAGE_STACK[-1] if _CURRENT_STORAGE_STACK else None
+
+
 class EventStorage:
     """Scalars reported during training, with their history and the iteration they belong to.
 

@@ -33,8 +33,14 @@ def _batch(boxes):
 
 
 def _ctx(batch, student=None):
+    # What the Distiller hands the losses: the student's published training outputs (LD reads
+    # the ATSS assignment there instead of calling the model).
+    outputs = {}
+    if student is not None:
+        with torch.no_grad():
+            outputs = student.forward_train(batch)[1]
     return KDContext(student_batch=batch, teacher_batch=batch, student=student, teacher=None,
-                     teacher_outputs={}, iteration=0, max_iter=10)
+                     teacher_outputs={}, iteration=0, max_iter=10, student_outputs=outputs)
 
 
 def _feats(seed, shapes=((2, 6, 8, 8), (2, 6, 4, 4))):

@@ -1,8 +1,8 @@
 """Distillation losses, one file each, registered in ``KD_LOSS_REGISTRY``.
 
-Every module of this package is imported here (so its losses register) and may define
-``add_config(cfg)``, which declares its ``KD.<LOSS>`` node; :func:`add_loss_configs` calls them
-all (``bcd.config.get_cfg`` does). Detection losses in other packages register the same way.
+Every module of this package is imported here (so its losses register; a new file needs no other
+registration). The config node of each loss, ``KD.<LOSS>``, is declared in
+``bcd/config/kd_defaults.py`` (torch-free), not in the loss file.
 """
 from __future__ import annotations
 
@@ -29,19 +29,10 @@ def _loss_modules() -> List[ModuleType]:
 _MODULES = _loss_modules()
 
 
-def add_loss_configs(cfg) -> None:
-    """Call ``add_config(cfg)`` of every loss module (declares the ``KD.<LOSS>`` nodes)."""
-    for mod in _MODULES:
-        fn = getattr(mod, "add_config", None)
-        if fn is not None:
-            fn(cfg)
-
-
 __all__ = [
     "KD_LOSS_REGISTRY",
     "DistillLoss",
     "FeatureShape",
     "KDContext",
     "add_common_loss_config",
-    "add_loss_configs",
 ]

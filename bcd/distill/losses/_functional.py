@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from bcd.config import CfgNode as CN
+from bcd.config.kd_defaults import add_temperature_config  # noqa: F401  (re-exported)
 
 from ..schedule import TemperatureController
 
@@ -46,19 +47,6 @@ def masked_kl(
     if mask is not None:
         keep = keep & mask
     return torch.where(keep, terms, torch.zeros_like(terms)).sum(dim=dim)
-
-
-def add_temperature_config(node: CN, init: float = 1.0, adaptive: bool = True) -> None:
-    """``node.TEMPERATURE``: ``INIT`` (τ₀), ``ADAPTIVE``, ``FACTOR`` (γ), ``TRIGGER``
-    (``"maxprob"`` / ``"range"``), ``THRESHOLD`` (0.5 for maxprob; θ for range, ≤ 0 = ln(row))."""
-    node.TEMPERATURE = CN()
-    node.TEMPERATURE.INIT = float(init)
-    node.TEMPERATURE.ADAPTIVE = adaptive
-    node.TEMPERATURE.FACTOR = 1.05
-    node.TEMPERATURE.TRIGGER = "maxprob"
-    node.TEMPERATURE.THRESHOLD = 0.5
-    # Multiply the loss by τ² (Hinton / Phuong & Lampert convention, METHODS §2.4 A4).
-    node.TAU_SQUARED = True
 
 
 def build_temperature(node: CN) -> TemperatureController:

@@ -2,9 +2,9 @@
 
 A loss is one file in ``bcd/distill/losses/``. It
 
-* declares its config node in a module-level ``add_config(cfg)`` (``cfg.KD.<CONFIG_KEY> = CN()``
-  with at least ``WEIGHT``, ``STUDENT_FEATURES``, ``TEACHER_FEATURES`` and a ``SCHEDULE`` node;
-  :func:`add_common_loss_config` adds the common keys); ``get_cfg()`` calls every ``add_config``;
+* has its config node ``KD.<CONFIG_KEY>`` declared in ``bcd/config/kd_defaults.py`` (torch-free;
+  at least ``WEIGHT``, ``STUDENT_FEATURES``, ``TEACHER_FEATURES`` and a ``SCHEDULE`` node, which
+  :func:`add_common_loss_config` adds), never in the loss file;
 * registers a ``DistillLoss`` subclass in ``KD_LOSS_REGISTRY`` under the name used in
   ``cfg.KD.LOSSES`` (e.g. ``"BoundaryDistillation"``);
 * is built once by the ``Distiller`` as
@@ -33,20 +33,22 @@ A loss is one file in ``bcd/distill/losses/``. It
   hook calls ``controller.step()`` after the optimizer step. ``temperatures()`` lists them for
   logging.
 
-Masks (METHODS §1.2): ``ctx.valid_mask(size)`` is ``B×h×w`` bool, True where a cell is inside its
-image (not padding) and, when labels exist, its label is not the ignore value (nearest
-downsampling of the label to the grid).
+Masks (docs/methods.md, "Masks"): ``ctx.valid_mask(size)`` is ``B×h×w`` bool. The ``Distiller``
+alone reads ``KD.<LOSS>.MASK`` and sets ``ctx.mask`` before each loss: with it, True where a cell
+is inside its image (not padding) and, when labels exist, its label is not the ignore value
+(``ImageBatch.valid_mask``); without it, all True. Losses always call ``ctx.valid_mask`` and never
+read ``MASK`` themselves.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bcd.config import CfgNode as CN
+from bcd.config.kd_defaults import add_common_loss_config
 
 __all__ = [
     "DistillLoss",
@@ -54,7 +56,6 @@ __all__ = [
     "FeatureShape",
     "KDContext",
     "add_common_loss_config",
-    "label_valid_mask",
 ]
 
 
@@ -79,24 +80,6 @@ class FeatureShape:
         return self.probe_size[0] / self.height if self.height else 0.0
 
 
-def label_valid_mask(
-    sem_seg: Optional[Tensor], padding_valid: Tensor, size: Tuple[int, int], ignore_value: int
-) -> Tensor:
-    """``B×h×w`` bool: inside the image and (when labels are given) label != ignore.
-
-    Args:
-        sem_seg: ``B×H×W`` int64 labels padded with ``ignore_value``, or None.
-        padding_valid: ``B×h×w`` bool, True inside the unpadded image (on the target grid).
-        size: ``(h, w)`` of the target grid.
-        ignore_value: the ignore label.
-    """
-    valid = padding_valid
-    if sem_seg is not None:
-        lab = F.interpolate(sem_seg[:, None].float(), size=size, mode="nearest")[:, 0]
-        valid = valid & (lab != ignore_value)
-    return valid
-
-
 @dataclass
 class KDContext:
     """Everything a loss may need besides the recorded features, for one training step.
@@ -104,11 +87,17 @@ class KDContext:
     Attributes:
         student_batch, teacher_batch: the ``ImageBatch`` each model saw (they differ only by
             normalisation / padding when the two configs differ).
-        student, teacher: the two models (the teacher is frozen, in eval mode).
+        student, teacher: the two models (the teacher is frozen, in eval mode). Losses do not
+            call them: what they need is published in ``student_outputs`` / ``teacher_outputs``.
         teacher_outputs: ``teacher.extract(teacher_batch)`` (e.g. ``{"logits": B×K×h×w}``).
+        student_outputs: what the student published in its training forward
+            (``forward_train``: ``extract`` outputs plus, for detectors, ``"assignment"``:
+            ``{"labels": B×M, "boxes": B×M×4}`` per anchor, and ``"anchors"`` / ``"strides"``);
+            ``{}`` for a student without ``forward_train``.
         iteration, max_iter: current iteration (0-based) and ``SOLVER.MAX_ITER``.
         ignore_value: the label ignored in ``sem_seg`` (``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``).
-        use_label_mask: whether ``valid_mask`` also drops ignore-labelled cells.
+        mask: ``KD.<LOSS>.MASK`` of the loss being run (set by the ``Distiller``): whether
+            ``valid_mask`` masks padding and ignored labels (True) or nothing (False).
         cache: per-step scratch space shared by the losses (e.g. the student HFA output, so a
             module shared by two losses runs once per step). Cleared every step.
     """
@@ -121,17 +110,21 @@ class KDContext:
     iteration: int
     max_iter: int
     ignore_value: int = 255
-    use_label_mask: bool = True
+    mask: bool = True
+    student_outputs: Dict[str, Any] = field(default_factory=dict)
     cache: Dict[str, Any] = field(default_factory=dict)
 
     def valid_mask(self, size: Tuple[int, int], side: str = "student") -> Tensor:
-        """``B×h×w`` bool mask of the cells of an ``h×w`` grid that carry weight (§1.2)."""
+        """``B×h×w`` bool mask of the cells of an ``h×w`` grid that carry weight (see the module
+        docstring): ``ImageBatch.valid_mask`` when ``mask``, else all True. Cached per step."""
         batch = self.student_batch if side == "student" else self.teacher_batch
-        key = f"valid/{side}/{size[0]}x{size[1]}"
+        key = f"valid/{side}/{size[0]}x{size[1]}/{int(self.mask)}"
         if key not in self.cache:
-            pad_valid = batch.valid_mask(size)
-            sem_seg = batch.sem_seg if self.use_label_mask else None
-            self.cache[key] = label_valid_mask(sem_seg, pad_valid, size, self.ignore_value)
+            if self.mask:
+                self.cache[key] = batch.valid_mask(size, self.ignore_value)
+            else:
+                B = batch.tensor.shape[0]
+                self.cache[key] = torch.ones(B, *size, dtype=torch.bool, device=batch.tensor.device)
         return self.cache[key]
 
     def cached(self, key: str, fn: Callable[[], Any]) -> Any:
@@ -139,31 +132,6 @@ class KDContext:
         if key not in self.cache:
             self.cache[key] = fn()
         return self.cache[key]
-
-
-def add_common_loss_config(
-    node: CN,
-    weight: float,
-    student_features: Sequence[str],
-    teacher_features: Sequence[str],
-    schedule: str = "",
-) -> CN:
-    """Add the keys every loss node has (in place) and return the node.
-
-    Keys: ``WEIGHT`` (λ), ``STUDENT_FEATURES`` / ``TEACHER_FEATURES`` (module paths, see the
-    recorder), ``MASK`` (apply the §1.2 validity mask), ``SCHEDULE.NAME`` (``""`` = use
-    ``KD.SCHEDULE.NAME``; ``"constant"`` or ``"linear_decay"``), ``SCHEDULE.WARMUP_ITERS``,
-    ``SCHEDULE.STOP_ITER`` (0 = never; the weight is 0 from that iteration on).
-    """
-    node.WEIGHT = float(weight)
-    node.STUDENT_FEATURES = list(student_features)
-    node.TEACHER_FEATURES = list(teacher_features)
-    node.MASK = True
-    node.SCHEDULE = CN()
-    node.SCHEDULE.NAME = schedule
-    node.SCHEDULE.WARMUP_ITERS = 0
-    node.SCHEDULE.STOP_ITER = 0
-    return node
 
 
 class DistillLoss(nn.Module):
@@ -203,7 +171,8 @@ class DistillLoss(nn.Module):
         if cls.CONFIG_KEY not in cfg.KD:
             raise KeyError(
                 f"Config node KD.{cls.CONFIG_KEY} of loss {cls.__name__} is missing; "
-                "build the config with bcd.config.get_cfg()"
+                "declare it in bcd/config/kd_defaults.py and build the config with "
+                "bcd.config.get_cfg()"
             )
         return cfg.KD[cls.CONFIG_KEY]
 
@@ -278,13 +247,12 @@ class FeaturePairLoss(DistillLoss):
     ) -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
         """Yield, per pair, ``(student, teacher, valid)``: the student feature through its
         connector and the detached teacher feature, both ``B×C_t×h×w`` on the teacher's grid, and
-        the ``B×h×w`` bool mask of cells that carry weight (all True when ``MASK`` is off)."""
+        the ``B×h×w`` bool mask of cells that carry weight (``ctx.valid_mask``)."""
         for conn, sn, tn in zip(self.connectors, self.student_features, self.teacher_features):
             t = as_tensor_feature(teacher_feats[tn], tn).detach()
             size = (int(t.shape[-2]), int(t.shape[-1]))
             s = conn(as_tensor_feature(student_feats[sn], sn), size)
-            valid = ctx.valid_mask(size) if self.node.MASK else torch.ones_like(t[:, 0], dtype=torch.bool)
-            yield s, t, valid
+            yield s, t, ctx.valid_mask(size)
 
 
 def as_tensor_feature(value: Any, name: str) -> Tensor:

@@ -29,10 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bcd.config import CfgNode as CN
-
-from ._functional import add_temperature_config, build_temperature, masked_kl
-from .base import DistillLoss, KDContext, add_common_loss_config, as_tensor_feature
+from ._functional import build_temperature, masked_kl
+from .base import DistillLoss, KDContext, as_tensor_feature
 from .bcd_hfa import HFA, grid_size, student_hfa, student_hfa_key
 from .build import KD_LOSS_REGISTRY
 
@@ -51,19 +49,6 @@ __all__ = [
 
 _BACKBONE_LEVELS = ["backbone.res2", "backbone.res3", "backbone.res4", "backbone.res5"]
 _TEACHER_HEADS = ("pseudo_affinity", "literal_joint", "frozen_random", "shared_stopgrad")
-
-
-def add_config(cfg: CN) -> None:
-    """Declare ``KD.BOUNDARY``."""
-    node = add_common_loss_config(CN(), 10.0, _BACKBONE_LEVELS, _BACKBONE_LEVELS, "linear_decay")
-    node.RADIUS = 5  # local disk at 1/8 (A2)
-    node.DOMAIN = "logit"  # "logit" (default, A3) or "prob"
-    node.MODE = "pairwise"  # "pairwise" or "unary" (cheap ablation)
-    node.TEACHER_HEAD = "pseudo_affinity"  # see _TEACHER_HEADS (A1)
-    node.PSEUDO_AFFINITY_WEIGHT = 1.0
-    node.BG_CLASS = 0  # IRNet averages fg / bg same-class pairs separately; -1 = no split
-    add_temperature_config(node, 1.0)
-    cfg.KD.BOUNDARY = node
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +279,7 @@ class BoundaryDistillation(DistillLoss):
         f_s = ctx.cached(student_hfa_key(self.student_features), lambda: self.hfa_s(s_list, size))
         s_logit = self.conv_s(f_s)
         t_logit = self._teacher_logit(t_list, size)
-        valid = ctx.valid_mask(size) if self.node.MASK else torch.ones_like(s_logit[:, 0], dtype=torch.bool)
+        valid = ctx.valid_mask(size)
         tau = self.temperature.value
         out: Dict[str, Tensor] = {}
         t_for_kd = t_logit if self.head == "literal_joint" else t_logit.detach()

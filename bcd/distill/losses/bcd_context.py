@@ -25,29 +25,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from bcd.config import CfgNode as CN
-
-from ._functional import add_temperature_config, build_temperature, masked_kl
-from .base import DistillLoss, KDContext, add_common_loss_config, as_tensor_feature
+from ._functional import build_temperature, masked_kl
+from .base import DistillLoss, KDContext, as_tensor_feature
 from .bcd_hfa import HFA, FixedProjectionHFA, grid_size, student_hfa, student_hfa_key
 from .build import KD_LOSS_REGISTRY
 
-__all__ = ["ContextDistillation", "add_config", "cap_tokens", "relation_kl"]
+__all__ = ["ContextDistillation", "cap_tokens", "relation_kl"]
 
 _BACKBONE_LEVELS = ["backbone.res2", "backbone.res3", "backbone.res4", "backbone.res5"]
 _TEACHER_HEADS = ("fixed_projection", "literal_joint", "frozen_random", "shared_stopgrad")
-
-
-def add_config(cfg: CN) -> None:
-    """Declare ``KD.CONTEXT``."""
-    node = add_common_loss_config(CN(), 50.0, _BACKBONE_LEVELS, _BACKBONE_LEVELS, "linear_decay")
-    node.TEACHER_HEAD = "fixed_projection"
-    node.PROJECTION_SEED = 0
-    node.TOKEN_CAP = 4096  # N_max
-    node.CHUNK = 1024  # query rows per chunk (<= 0: no chunking)
-    node.CHECKPOINT = True  # recompute each chunk in the backward (bounded memory)
-    add_temperature_config(node, 1.0)
-    cfg.KD.CONTEXT = node
 
 
 def cap_tokens(x: Tensor, valid: Tensor, cap: int) -> Tuple[Tensor, Tensor]:
@@ -159,7 +145,7 @@ class ContextDistillation(DistillLoss):
         t_list = [as_tensor_feature(teacher_feats[n], n).detach() for n in self.teacher_features]
         size = grid_size(ctx.student_batch.tensor.shape[-2:], self.stride)
         f_s = ctx.cached(student_hfa_key(self.student_features), lambda: self.hfa_s(s_list, size))
-        valid = ctx.valid_mask(size) if self.node.MASK else torch.ones_like(f_s[:, 0], dtype=torch.bool)
+        valid = ctx.valid_mask(size)
         if self.hfa_t is None:
             with torch.no_grad():
                 f_t = self.hfa_s(t_list, size)

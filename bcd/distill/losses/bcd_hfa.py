@@ -26,15 +26,7 @@ from bcd.config import CfgNode as CN
 
 from ..connectors import align_spatial, build_norm
 
-__all__ = ["HFA", "FixedProjectionHFA", "add_config", "grid_size", "student_hfa"]
-
-
-def add_config(cfg: CN) -> None:
-    """Declare ``KD.BCD_HFA``."""
-    cfg.KD.BCD_HFA = CN()
-    cfg.KD.BCD_HFA.DIM = 128  # d per level (A8): C = 4 × 128 = 512
-    cfg.KD.BCD_HFA.NORM = "BN"  # student-side norm; "GN4" as IRNet
-    cfg.KD.BCD_HFA.STRIDE = 8  # the common grid is 1/STRIDE of the padded input
+__all__ = ["HFA", "FixedProjectionHFA", "grid_size", "student_hfa"]
 
 
 def grid_size(image_hw: Sequence[int], stride: int) -> Tuple[int, int]:

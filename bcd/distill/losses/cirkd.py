@@ -28,32 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bcd.config import CfgNode as CN
-
 from ..connectors import Connector
 from ._functional import masked_kl
-from .base import DistillLoss, KDContext, add_common_loss_config, as_tensor_feature
+from .base import DistillLoss, KDContext, as_tensor_feature
 from .build import KD_LOSS_REGISTRY
 
-__all__ = ["CIRKD", "add_config", "minibatch_relation_kl"]
-
-
-def add_config(cfg: CN) -> None:
-    """Declare ``KD.CIRKD``."""
-    node = add_common_loss_config(CN(), 1.0, ["sem_seg_head.feature"], ["sem_seg_head.feature"])
-    node.TEMPERATURE = 0.1  # relation temperature
-    node.KD_TEMPERATURE = 1.0  # τ_kd of the memory terms' KL
-    node.MINIBATCH_WEIGHT = 1.0
-    node.PIXEL_MEMORY_WEIGHT = 0.1
-    node.REGION_MEMORY_WEIGHT = 0.1
-    node.PIXEL_QUEUE = 20000
-    node.REGION_QUEUE = 2000
-    node.PIXELS_PER_CLASS = 16
-    node.PIXEL_CONTRAST = 4096
-    node.REGION_CONTRAST = 1024
-    node.MAX_ANCHORS = 4096
-    node.POOL = False  # 2x2 average pooling before the mini-batch relation
-    cfg.KD.CIRKD = node
+__all__ = ["CIRKD", "minibatch_relation_kl"]
 
 
 def minibatch_relation_kl(fs: Tensor, ft: Tensor, valid: Tensor, tau: float) -> Tensor:
@@ -164,7 +144,7 @@ class CIRKD(DistillLoss):
         s_raw = as_tensor_feature(student_feats[sn], sn)
         size = tuple(t.shape[-2:])
         s = self.connector(s_raw, size)
-        valid = ctx.valid_mask(size) if self.node.MASK else torch.ones_like(t[:, 0], dtype=torch.bool)
+        valid = ctx.valid_mask(size)
         s_mb, t_mb, v_mb = s, t, valid
         if self.node.POOL:
             s_mb, t_mb = F.avg_pool2d(s, 2, 2, ceil_mode=True), F.avg_pool2d(t, 2, 2, ceil_mode=True)

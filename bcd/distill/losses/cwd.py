@@ -1,10 +1,10 @@
-"""Channel-wise distillation, CWD (Shu et al., ICCV 2021; METHODS §5.2).
+"""Channel-wise distillation, CWD (Shu et al., ICCV 2021; docs/methods.md §5.2).
 
 For each channel ``c``: ``φ(Y_{n,c}) = softmax_{h·w}(Y_{n,c}/τ)``;
 ``L = τ²/(B·C) Σ_{n,c} KL(φ(Y^T_{n,c}) ‖ φ(Y^S_{n,c}))`` (``sum/(N·C)``). A 1×1 conv connector
 (no bias, ``CONNECTOR_NORM``) maps student channels to the teacher's only when they differ; the
 student map is resized to the teacher's. With ``MASK`` the spatial softmax runs over valid cells
-only (METHODS §1.2; mmrazor / CIRKD do not mask: ``MASK False``). Several feature pairs are
+only (docs/methods.md §1.2; mmrazor / CIRKD do not mask: ``MASK False``). Several feature pairs are
 averaged. Defaults: CIRKD segmentation logits, τ = 4, λ = 3.
 """
 from __future__ import annotations
@@ -13,21 +13,11 @@ from typing import Any, Dict
 
 from torch import Tensor
 
-from bcd.config import CfgNode as CN
-
 from ._functional import masked_kl
-from .base import FeaturePairLoss, KDContext, add_common_loss_config
+from .base import FeaturePairLoss, KDContext
 from .build import KD_LOSS_REGISTRY
 
-__all__ = ["ChannelWiseDistillation", "add_config", "cwd_loss"]
-
-
-def add_config(cfg: CN) -> None:
-    """Declare ``KD.CWD``."""
-    node = add_common_loss_config(CN(), 3.0, ["sem_seg_head.predictor"], ["sem_seg_head.predictor"])
-    node.TEMPERATURE = 4.0
-    node.CONNECTOR_NORM = ""  # CIRKD: plain 1x1 conv
-    cfg.KD.CWD = node
+__all__ = ["ChannelWiseDistillation", "cwd_loss"]
 
 
 def cwd_loss(s: Tensor, t: Tensor, valid: Tensor, tau: float) -> Tensor:

@@ -1,4 +1,4 @@
-"""FGD: Focal and Global Distillation for detectors (Yang et al., CVPR 2022), METHODS §5.7.
+"""FGD: Focal and Global Distillation for detectors (Yang et al., CVPR 2022), docs/methods.md §5.7.
 
 Per FPN level (reference ``yzd-v/FGD: mmdet/distillation/losses/fgd.py``), for maps
 ``F ∈ R^{B×C×h×w}`` and temperature ``T``:
@@ -35,26 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bcd.config import CfgNode as CN
-
-from .base import DistillLoss, KDContext, add_common_loss_config, as_tensor_feature
+from .base import DistillLoss, KDContext, as_tensor_feature
 from .build import KD_LOSS_REGISTRY
 
-__all__ = ["FGD", "GcBlock", "fgd_attention", "fgd_box_masks", "add_config"]
+__all__ = ["FGD", "GcBlock", "fgd_attention", "fgd_box_masks"]
 
-_LEVELS = ["backbone[p3]", "backbone[p4]", "backbone[p5]", "backbone[p6]", "backbone[p7]"]
-
-
-def add_config(cfg: CN) -> None:
-    """Declare ``KD.FGD``."""
-    node = add_common_loss_config(CN(), 1.0, _LEVELS, _LEVELS)
-    node.MASK = False  # FGD's box masks already restrict the focal terms
-    node.TEMPERATURE = 0.5
-    node.ALPHA_FG = 1e-3
-    node.BETA_BG = 5e-4
-    node.GAMMA_AT = 5e-4
-    node.LAMBDA_GL = 5e-6
-    cfg.KD.FGD = node
 
 
 def fgd_attention(feat: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:

@@ -1,4 +1,4 @@
-"""FitNet-style feature MSE with an adapter (METHODS §5.5).
+"""FitNet-style feature MSE with an adapter (docs/methods.md §5.5).
 
 ``L = mean((Conv1x1_{C_S→C_T, no bias}(F_S) − sg(F_T))²)`` over ``B·C_T·h·w`` elements; with
 ``MASK`` only valid cells count (mean over ``C_T × #valid``). The adapter is always present
@@ -11,19 +11,10 @@ from typing import Any, Dict
 
 from torch import Tensor
 
-from bcd.config import CfgNode as CN
-
-from .base import FeaturePairLoss, KDContext, add_common_loss_config
+from .base import FeaturePairLoss, KDContext
 from .build import KD_LOSS_REGISTRY
 
-__all__ = ["FitNet", "add_config", "masked_mse"]
-
-
-def add_config(cfg: CN) -> None:
-    """Declare ``KD.FITNET``."""
-    node = add_common_loss_config(CN(), 10.0, ["sem_seg_head.feature"], ["sem_seg_head.feature"])
-    node.CONNECTOR_NORM = ""
-    cfg.KD.FITNET = node
+__all__ = ["FitNet", "masked_mse"]
 
 
 def masked_mse(s: Tensor, t: Tensor, valid: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """LD: Localization Distillation for GFL-style box distributions (Zheng et al., CVPR 2022).
 
-METHODS §5.8, following ``HikariTJU/LD`` (``ld_head.py``, ``kd_loss.py``): teacher and student
+docs/methods.md ("LD"), following ``HikariTJU/LD`` (``ld_head.py``, ``kd_loss.py``): teacher and student
 are GFL detectors with the same anchors (FPN P3–P7, one anchor per location) and ``REG_MAX``.
 On the student's ATSS positives, each of the 4 box sides is distilled::
 
@@ -14,8 +14,9 @@ How it reaches the detectors (documented choice):
 * features: ``KD.LD.STUDENT_FEATURES = ["head"]`` and ``TEACHER_FEATURES = ["head"]``: the GFL
   head returns ``(cls_logits, bbox_dist)``, lists over levels of ``B×K×h×w`` and
   ``B×(4·(n+1))×h×w``;
-* positives: the loss calls ``ctx.student.assign(anchors, instances)`` (``bcd.modeling.meta_arch
-  .gfl.GFL.assign``: ATSS on the student's ground truth) with ``ctx.student.anchors(levels)``.
+* positives: the ATSS assignment the student's own loss used, published by
+  ``GFL.forward_train`` as ``ctx.student_outputs["assignment"]["labels"]`` (``B×M``, ``K`` =
+  background, anchors in the order of ``flatten_levels``). The loss never calls the model.
 
 The VLR (valuable localisation region) term of the authors' full config is not implemented.
 
@@ -23,26 +24,17 @@ Config ``KD.LD``: ``WEIGHT`` (0.25), ``TEMPERATURE`` (10).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bcd.config import CfgNode as CN
+from bcd.modeling.meta_arch.dense_detector import flatten_levels
 
-from .base import DistillLoss, KDContext, add_common_loss_config
+from .base import DistillLoss, KDContext
 from .build import KD_LOSS_REGISTRY
 
-__all__ = ["LD", "ld_side_kl", "ld_soft_target", "add_config"]
-
-
-def add_config(cfg: CN) -> None:
-    """Declare ``KD.LD``."""
-    node = add_common_loss_config(CN(), 0.25, ["head"], ["head"])
-    node.MASK = False  # ATSS positives already restrict the loss
-    node.TEMPERATURE = 10.0
-    cfg.KD.LD = node
+__all__ = ["LD", "ld_side_kl", "ld_soft_target"]
 
 
 def ld_soft_target(teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -64,11 +56,6 @@ def ld_side_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
     log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     kl = F.kl_div(log_s, target, reduction="none")  # p_t (log p_t − log p_s), 0 where p_t = 0
     return kl.mean(dim=-1) * temperature**2
-
-
-def _flatten(levels: Sequence[Tensor], channels: int) -> Tensor:
-    """List of ``B×C×h×w`` -> ``B×M×C`` in anchor order (y, x) over the levels."""
-    return torch.cat([x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, channels) for x in levels], 1)
 
 
 @KD_LOSS_REGISTRY.register()
@@ -102,14 +89,13 @@ class LD(DistillLoss):
         s_name, t_name = self.student_features[0], self.teacher_features[0]
         s_cls, s_dist = self._head_outputs(student_feats[s_name], s_name)
         _, t_dist = self._head_outputs(teacher_feats[t_name], t_name)
-        student = ctx.student
-        if not hasattr(student, "assign") or not hasattr(student, "anchors"):
+        assignment = ctx.student_outputs.get("assignment")
+        if "bbox_dist" not in ctx.student_outputs or not assignment or "ious" not in assignment:
             raise TypeError(
-                f"KD loss LD needs a GFL student (with assign() and anchors()); got "
-                f"{type(student).__name__}"
+                "KD loss LD needs a GFL student: its training outputs ('bbox_dist' and the ATSS "
+                "'assignment', KDContext.student_outputs) were not published; got outputs with "
+                f"keys {sorted(ctx.student_outputs)} from {type(ctx.student).__name__}"
             )
-        if ctx.student_batch.instances is None:
-            raise ValueError("KD loss LD needs ground-truth boxes (ImageBatch.instances)")
         for s, t in zip(s_dist, t_dist):
             if s.shape != t.shape:
                 raise ValueError(
@@ -119,12 +105,11 @@ class LD(DistillLoss):
                 )
         n1 = s_dist[0].shape[1] // 4
         K = s_cls[0].shape[1]
-        anchors = student.anchors(s_cls)
-        labels, _, _ = student.assign(anchors, ctx.student_batch.instances)
+        labels = assignment["labels"]
         pos = (labels >= 0) & (labels < K)  # B×M
-        cls = _flatten(s_cls, K)[pos]  # P×K
-        sd = _flatten(s_dist, 4 * n1)[pos].reshape(-1, n1)  # (P·4)×(n+1)
-        td = _flatten(t_dist, 4 * n1)[pos].reshape(-1, n1)
+        cls = flatten_levels(s_cls, K)[pos]  # P×K
+        sd = flatten_levels(s_dist, 4 * n1)[pos].reshape(-1, n1)  # (P·4)×(n+1)
+        td = flatten_levels(t_dist, 4 * n1)[pos].reshape(-1, n1)
         weight = cls.detach().sigmoid().amax(dim=1)[:, None].expand(-1, 4).reshape(-1)
         kl = ld_side_kl(sd, td, self.temperature)
         loss = (kl * weight).sum() / 4.0

@@ -1,4 +1,4 @@
-"""Pixel-wise logit KD (Hinton per pixel; METHODS §5.1).
+"""Pixel-wise logit KD (Hinton per pixel; docs/methods.md §5.1).
 
 ``L = τ² · (1/|I|) Σ_{n,p∈I} KL(softmax_K(z_T/τ) ‖ softmax_K(z_S/τ))`` over the valid pixels ``I``
 of the logits' grid (``batchmean-over-tokens``, CIRKD's reduction). When the two grids differ
@@ -9,24 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bcd.config import CfgNode as CN
-
 from ._functional import masked_kl
-from .base import DistillLoss, KDContext, add_common_loss_config, as_tensor_feature
+from .base import DistillLoss, KDContext, as_tensor_feature
 from .build import KD_LOSS_REGISTRY
 
-__all__ = ["PixelKD", "add_config", "pixel_kd"]
-
-
-def add_config(cfg: CN) -> None:
-    """Declare ``KD.PIXEL_KD``."""
-    node = add_common_loss_config(CN(), 1.0, ["sem_seg_head.predictor"], ["sem_seg_head.predictor"])
-    node.TEMPERATURE = 1.0
-    cfg.KD.PIXEL_KD = node
+__all__ = ["PixelKD", "pixel_kd"]
 
 
 def match_size(s: Tensor, t: Tensor):
@@ -69,8 +59,6 @@ class PixelKD(DistillLoss):
         total = 0.0
         for sn, tn in zip(self.student_features, self.teacher_features):
             s, t = match_size(as_tensor_feature(student_feats[sn], sn), as_tensor_feature(teacher_feats[tn], tn).detach())
-            valid = ctx.valid_mask(tuple(s.shape[-2:])) if self.node.MASK else torch.ones_like(
-                s[:, 0], dtype=torch.bool
-            )
+            valid = ctx.valid_mask(tuple(s.shape[-2:]))
             total = total + pixel_kd(s, t, valid, float(self.node.TEMPERATURE))
         return {self.loss_key: total / len(self.student_features)}

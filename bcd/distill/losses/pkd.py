@@ -1,11 +1,11 @@
 """PKD: Pearson-correlation feature distillation for detectors (Cao et al., NeurIPS 2022).
 
-METHODS §5.6, following mmrazor ``pkd_loss.py``: for each FPN level pair, resize the student map
+docs/methods.md §5.6, following mmrazor ``pkd_loss.py``: for each FPN level pair, resize the student map
 to the teacher's size (bilinear) when they differ, standardise every channel jointly over
 ``(B, h, w)`` (mean, unbiased std + 1e-6), and take ``MSE_mean(norm_S, norm_T) / 2``; sum over the
 levels. This equals ``((n−1)/n) · mean_c (1 − r_c)`` with ``r_c`` the Pearson correlation of
 channel ``c`` over the ``n = B·h·w`` positions. No adapter: the widths must match (FPN: 256).
-Padding is not masked (mmrazor does not), so ``MASK`` defaults to False.
+Padding is not masked (mmrazor does not), so ``KD.PKD`` has no ``MASK`` key.
 
 Config ``KD.PKD``: ``WEIGHT`` (10 per level for one-stage detectors, applied to the sum),
 ``STUDENT_FEATURES`` / ``TEACHER_FEATURES`` (default ``backbone[p3]`` .. ``backbone[p6]``: the
@@ -18,20 +18,11 @@ from typing import Dict
 import torch.nn.functional as F
 from torch import Tensor
 
-from bcd.config import CfgNode as CN
-
-from .base import DistillLoss, KDContext, add_common_loss_config, as_tensor_feature
+from .base import DistillLoss, KDContext, as_tensor_feature
 from .build import KD_LOSS_REGISTRY
 
-__all__ = ["PKD", "pkd_level_loss", "add_config"]
+__all__ = ["PKD", "pkd_level_loss"]
 
-_LEVELS = ["backbone[p3]", "backbone[p4]", "backbone[p5]", "backbone[p6]"]
-
-
-def add_config(cfg: CN) -> None:
-    """Declare ``KD.PKD``."""
-    cfg.KD.PKD = add_common_loss_config(CN(), 10.0, _LEVELS, _LEVELS)
-    cfg.KD.PKD.MASK = False
 
 
 def _standardise(x: Tensor) -> Tensor:

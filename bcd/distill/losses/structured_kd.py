@@ -1,4 +1,4 @@
-"""Structured KD, pair-wise term (Liu et al., CVPR 2019; METHODS §5.3).
+"""Structured KD, pair-wise term (Liu et al., CVPR 2019; docs/methods.md §5.3).
 
 1. Max-pool both maps into nodes: ``VARIANT="official"`` uses kernel = stride =
    ``⌊POOL_SCALE·(h, w)⌋`` with ceil mode (2×2 = 4 nodes at scale 0.5); ``"cirkd"`` uses a 2×2
@@ -21,20 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bcd.config import CfgNode as CN
-
-from .base import FeaturePairLoss, KDContext, add_common_loss_config
+from .base import FeaturePairLoss, KDContext
 from .build import KD_LOSS_REGISTRY
 
-__all__ = ["StructuredKD", "add_config", "node_features", "pairwise_similarity_loss"]
-
-
-def add_config(cfg: CN) -> None:
-    """Declare ``KD.STRUCTURED_KD``."""
-    node = add_common_loss_config(CN(), 0.5, ["sem_seg_head.feature"], ["sem_seg_head.feature"])
-    node.VARIANT = "official"  # "official" (POOL_SCALE nodes) or "cirkd" (2x2 kernel)
-    node.POOL_SCALE = 0.5
-    cfg.KD.STRUCTURED_KD = node
+__all__ = ["StructuredKD", "node_features", "pairwise_similarity_loss"]
 
 
 def node_features(x: Tensor, valid: Tensor, variant: str, scale: float) -> Tuple[Tensor, Tensor]:

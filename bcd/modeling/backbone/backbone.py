@@ -64,17 +64,24 @@ class Backbone(nn.Module):
 
 
 # ------------------------------------------------------------------------------------ norms
-def get_norm(name: str, channels: int) -> nn.Module:
-    """Normalisation layer ``name`` over ``channels`` channels.
+def get_norm(name: str, channels: int, min_group_channels: int = 1) -> nn.Module:
+    """Normalisation layer ``name`` over ``channels`` channels: the one norm factory of ``bcd``
+    (backbones, FPN, heads, detector towers and the KD connectors / HFA all use it).
 
     Args:
         name: ``"BN"`` (``nn.BatchNorm2d``), ``"SyncBN"`` (``nn.SyncBatchNorm``: statistics over all
             processes in multi-GPU training; behaves as BN in a single process), ``"FrozenBN"``
             (``torchvision.ops.FrozenBatchNorm2d``: fixed statistics and affine parameters),
-            ``"GN"`` (``nn.GroupNorm`` with 32 groups, or fewer when ``channels`` is not a
-            multiple of 32, as happens in width-multiplied networks), or ``""`` / ``"none"``
-            (identity).
+            ``"GN"`` (``nn.GroupNorm`` with ``gcd(32, C)`` groups: 32, or fewer when ``channels``
+            is not a multiple of 32, as happens in width-multiplied networks), ``"GN<k>"`` (e.g.
+            ``"GN4"``: ``gcd(k, C)`` groups), or ``""`` / ``"none"`` (identity).
         channels: number of channels ``C`` of the ``B×C×H×W`` input.
+        min_group_channels: GN only: halve the number of groups until each has at least this
+            many channels (the GFL head uses 2: with one channel per group GN is instance norm
+            and fails on a 1×1 map).
+
+    Raises:
+        ValueError: an unknown ``name``, naming it and the valid ones.
     """
     if name in ("", "none", None):
         return nn.Identity()
@@ -84,9 +91,12 @@ def get_norm(name: str, channels: int) -> nn.Module:
         return nn.SyncBatchNorm(channels)
     if name == "FrozenBN":
         return FrozenBatchNorm2d(channels)
-    if name == "GN":
-        return nn.GroupNorm(math.gcd(32, channels), channels)
-    raise ValueError(f"Unknown norm '{name}'; expected one of BN, SyncBN, FrozenBN, GN or ''")
+    if name.startswith("GN") and (name == "GN" or name[2:].isdigit()):
+        groups = math.gcd(int(name[2:]) if len(name) > 2 else 32, channels)
+        while groups > 1 and channels // groups < min_group_channels:
+            groups //= 2
+        return nn.GroupNorm(groups, channels)
+    raise ValueError(f"Unknown norm '{name}'; expected one of BN, SyncBN, FrozenBN, GN, GN<k> or ''")
 
 
 def norm_factory(name: str) -> Callable[[int], nn.Module]:

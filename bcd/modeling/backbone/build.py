@@ -4,6 +4,8 @@ from __future__ import annotations
 from fvcore.common.registry import Registry
 from torch import nn
 
+from ...utils.registry import lookup
+
 BACKBONE_REGISTRY = Registry("BACKBONE")
 BACKBONE_REGISTRY.__doc__ = """
 Registry of backbones, built by ``build_backbone(cfg)``.
@@ -17,10 +19,4 @@ name's channels and stride.
 
 def build_backbone(cfg) -> nn.Module:
     """Build ``cfg.MODEL.BACKBONE.NAME``."""
-    name = cfg.MODEL.BACKBONE.NAME
-    try:
-        fn = BACKBONE_REGISTRY.get(name)
-    except KeyError as e:
-        known = ", ".join(sorted(k for k, _ in BACKBONE_REGISTRY))
-        raise KeyError(f"MODEL.BACKBONE.NAME '{name}' is not registered; known: {known}") from e
-    return fn(cfg)
+    return lookup(BACKBONE_REGISTRY, cfg.MODEL.BACKBONE.NAME, "MODEL.BACKBONE.NAME")(cfg)

@@ -16,9 +16,9 @@ Named modules: as RetinaNet (``backbone.bottom_up.res*``, ``backbone[p3..p7]``),
 (output ``(cls_logits, bbox_dist)``), ``head.cls_subnet``, ``head.bbox_subnet``,
 ``head.gfl_cls``, ``head.gfl_reg``, ``head.scales``.
 
-For localization distillation (``bcd/distill/losses/ld.py``) the model exposes
-``assign(anchors, instances)`` (ATSS labels / boxes per anchor) and ``flatten_outputs(outputs)``
-(per-anchor class logits and side distributions in the anchors' order).
+For localization distillation (``bcd/distill/losses/ld.py``) ``forward_train`` publishes the ATSS
+``"assignment"`` (labels / boxes / IoUs per anchor), the ``"anchors"`` and ``"strides"`` with the
+raw outputs; the loss reads them from ``KDContext.student_outputs`` and never calls the model.
 """
 from __future__ import annotations
 
@@ -28,13 +28,15 @@ from typing import Any, Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection._utils import BoxLinearCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import box_iou, generalized_box_iou_loss
 
 from ...structures import ImageBatch, Instances
+from ...utils.comm import reduce_mean
 from ..backbone.backbone import get_norm
 from .build import META_ARCH_REGISTRY
-from .retinanet import DenseDetector, permute_to_N_HWA_K
+from .dense_detector import DenseDetector, flatten_levels, permute_to_N_HWA_K
 
 __all__ = [
     "GFL",
@@ -58,31 +60,23 @@ def integral(dist_logits: Tensor) -> Tensor:
     return (dist_logits.softmax(-1) * bins).sum(-1)
 
 
+# Side distances from a point (left, top, right, bottom) are torchvision's FCOS box coding: the
+# anchor centre is the point itself, so the "anchor" is the degenerate box (x, y, x, y) and
+# 0.5 * (x + x) == x exactly.
+_LINEAR_CODER = BoxLinearCoder(normalize_by_size=False)
+
+
 def distance2bbox(points: Tensor, distance: Tensor) -> Tensor:
-    """Centres ``N×2`` (x, y) and distances ``N×4`` (left, top, right, bottom) -> ``N×4`` XYXY."""
-    return torch.stack(
-        [
-            points[:, 0] - distance[:, 0],
-            points[:, 1] - distance[:, 1],
-            points[:, 0] + distance[:, 2],
-            points[:, 1] + distance[:, 3],
-        ],
-        dim=-1,
-    )
+    """Centres ``N×2`` (x, y) and distances ``N×4`` (left, top, right, bottom) -> ``N×4`` XYXY
+    (``BoxLinearCoder.decode``)."""
+    return _LINEAR_CODER.decode(distance, torch.cat([points, points], dim=-1))
 
 
 def bbox2distance(points: Tensor, boxes: Tensor, max_dist: float) -> Tensor:
-    """Centres ``N×2`` and boxes ``N×4`` XYXY -> ``N×4`` side distances clamped to
-    ``[0, max_dist - 0.01]`` (the top bin must keep a right neighbour for DFL)."""
-    d = torch.stack(
-        [
-            points[:, 0] - boxes[:, 0],
-            points[:, 1] - boxes[:, 1],
-            boxes[:, 2] - points[:, 0],
-            boxes[:, 3] - points[:, 1],
-        ],
-        dim=-1,
-    )
+    """Centres ``N×2`` and boxes ``N×4`` XYXY -> ``N×4`` side distances
+    (``BoxLinearCoder.encode``) clamped to ``[0, max_dist - 0.01]`` (the top bin must keep a
+    right neighbour for DFL)."""
+    d = _LINEAR_CODER.encode(torch.cat([points, points], dim=-1), boxes)
     return d.clamp(min=0, max=max_dist - 0.01)
 
 
@@ -199,17 +193,6 @@ def atss_assign(
     return labels, boxes, ious_out
 
 
-def _reduce_mean(x: Tensor) -> Tensor:
-    """Mean over processes (normalisers must agree on all ranks)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        x = x.clone()
-        dist.all_reduce(x)
-        x = x / dist.get_world_size()
-    return x
-
-
 # ---------------------------------------------------------------------------------- head
 class Scale(nn.Module):
     """A learnable scalar multiplier (one per FPN level for the box branch)."""
@@ -220,17 +203,6 @@ class Scale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale
-
-
-def _head_norm(norm: str, channels: int) -> nn.Module:
-    """``get_norm``, except that GN keeps at least 2 channels per group: with one channel per
-    group (narrow heads) GN is instance norm and fails on the 1×1 P7 map of small inputs."""
-    if norm != "GN":
-        return get_norm(norm, channels)
-    groups = math.gcd(32, channels)
-    while groups > 1 and channels // groups < 2:
-        groups //= 2
-    return nn.GroupNorm(groups, channels)
 
 
 class GFLHead(nn.Module):
@@ -249,7 +221,8 @@ class GFLHead(nn.Module):
             for tower in (cls, bbox):
                 tower += [
                     nn.Conv2d(in_channels, in_channels, 3, padding=1, bias=not norm),
-                    _head_norm(norm, in_channels),
+                    # >= 2 channels per GN group: narrow heads run on a 1x1 P7 map
+                    get_norm(norm, in_channels, min_group_channels=2),
                     nn.ReLU(),
                 ]
         self.cls_subnet = nn.Sequential(*cls)
@@ -299,7 +272,6 @@ class GFL(DenseDetector):
         self.score_thresh = c.SCORE_THRESH_TEST
         self.topk_candidates = c.TOPK_CANDIDATES_TEST
         self.nms_thresh = c.NMS_THRESH_TEST
-        self.max_detections_per_image = int(c.DETECTIONS_PER_IMAGE)
 
     # ------------------------------------------------------------------ helpers for KD
     def assign(self, anchors: List[Tensor], instances: List[Instances]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -311,6 +283,12 @@ class GFL(DenseDetector):
                for i in instances]
         return tuple(torch.stack(t) for t in zip(*out))  # type: ignore[return-value]
 
+    def assignment(self, anchors: List[Tensor], instances: List[Instances]) -> Dict[str, Tensor]:
+        """:meth:`assign` as ``{"labels", "boxes", "ious"}``, published by ``forward_train`` as
+        ``outputs["assignment"]``."""
+        labels, boxes, ious = self.assign(anchors, instances)
+        return {"labels": labels, "boxes": boxes, "ious": ious}
+
     def flatten_outputs(self, outputs: Dict[str, Any]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Per-anchor views of ``extract()`` outputs, in the order of ``torch.cat(anchors)``.
 
@@ -318,8 +296,8 @@ class GFL(DenseDetector):
         ``M×2`` anchor centres (input pixels), ``strides`` ``M`` (the level stride of each).
         """
         n1 = self.reg_max + 1
-        cls = torch.cat([permute_to_N_HWA_K(x, self.num_classes) for x in outputs["cls_logits"]], 1)
-        dist = torch.cat([permute_to_N_HWA_K(x, 4 * n1) for x in outputs["bbox_dist"]], 1)
+        cls = flatten_levels(outputs["cls_logits"], self.num_classes)
+        dist = flatten_levels(outputs["bbox_dist"], 4 * n1)
         anchors = outputs["anchors"]
         centers = torch.cat([(a[:, :2] + a[:, 2:]) / 2 for a in anchors])
         strides = torch.cat([
@@ -330,11 +308,11 @@ class GFL(DenseDetector):
 
     # ------------------------------------------------------------------ training
     def losses(self, batch: ImageBatch, outputs: Dict[str, Any]) -> Dict[str, Tensor]:
-        labels, gt_boxes, _ = self.assign(outputs["anchors"], batch.instances)
+        labels, gt_boxes = outputs["assignment"]["labels"], outputs["assignment"]["boxes"]
         cls, dist, centers, strides = self.flatten_outputs(outputs)
         B, M, K = cls.shape
         pos = (labels >= 0) & (labels < K)
-        num_pos = _reduce_mean(pos.sum().to(cls.dtype)).clamp(min=1.0)
+        num_pos = reduce_mean(pos.sum().to(cls.dtype)).clamp(min=1.0)
 
         b_idx, a_idx = pos.nonzero(as_tuple=True)
         scores = cls.new_zeros(B, M)
@@ -353,7 +331,7 @@ class GFL(DenseDetector):
                 distribution_focal_loss(pos_dist.reshape(-1, self.reg_max + 1), tgt_dist)
                 * weight[:, None].expand(-1, 4).reshape(-1)
             ).sum() / 4.0
-            avg = _reduce_mean(weight.sum()).clamp(min=1.0)
+            avg = reduce_mean(weight.sum()).clamp(min=1.0)
             loss_giou, loss_dfl = loss_giou / avg, loss_dfl / avg
         else:  # keep the graph connected (DDP) with exact zeros
             loss_giou = dist.sum() * 0.0

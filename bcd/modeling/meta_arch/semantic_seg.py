@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...structures.image_batch import ImageBatch, pad_to_divisible
+from ...utils.registry import lookup
 from ..backbone import build_backbone
 from ..heads import SEM_SEG_HEAD_REGISTRY
 from ..heads.aux_head import FCNAuxHead
@@ -50,12 +51,7 @@ class SemanticSegmentor(nn.Module):
         super().__init__()
         self.backbone = build_backbone(cfg)
         shapes = self.backbone.output_shape()
-        head_name = cfg.MODEL.SEM_SEG_HEAD.NAME
-        try:
-            head_cls = SEM_SEG_HEAD_REGISTRY.get(head_name)
-        except KeyError as e:
-            known = ", ".join(sorted(k for k, _ in SEM_SEG_HEAD_REGISTRY))
-            raise KeyError(f"MODEL.SEM_SEG_HEAD.NAME '{head_name}' is not registered; known: {known}") from e
+        head_cls = lookup(SEM_SEG_HEAD_REGISTRY, cfg.MODEL.SEM_SEG_HEAD.NAME, "MODEL.SEM_SEG_HEAD.NAME")
         self.sem_seg_head = head_cls(cfg, shapes)
         self.aux_head: Optional[FCNAuxHead] = (
             FCNAuxHead(cfg, shapes) if cfg.MODEL.AUX_HEAD.ENABLED else None
