@@ -42,7 +42,11 @@ def runs(tmp_path_factory):
           "KD.TEACHER.WEIGHTS", str(teacher / "model_final.pth"), "KD.TEACHER.OPTS",
           "['MODEL.RESNETS.WIDTH_MULTIPLIER', '0.125']", "MODEL.RESNETS.WIDTH_MULTIPLIER", "0.125",
           # fire the temperature rule every step so that its state is visible
-          "KD.CONTEXT.TEMPERATURE.THRESHOLD", "0.0", "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2"]
+          "KD.CONTEXT.TEMPERATURE.TRIGGER", "maxprob", "KD.CONTEXT.TEMPERATURE.THRESHOLD", "0.0",
+          "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
+          # KD warm-up x time decay, and the teacher boundary head's fitting phase, both
+          # crossing the resume point
+          "KD.SCHEDULE.WARMUP_ITERS", "3", "KD.BOUNDARY.TEACHER_HEAD_FIT_ITERS", "2"]
     full = tmp / "full"
     _run([*kd, "OUTPUT_DIR", str(full)], env)
     # "Interrupted" run: the same run's checkpoint after iteration 1 (iterations 0-1 done)
@@ -65,13 +69,31 @@ def test_resumed_run_ends_with_the_same_weights(runs):
     mid = torch.load(runs["full"] / "model_0000001.pth", weights_only=False)["model"]
     assert float(mid["kd_modules.context.temperature.tau"]) == pytest.approx(1.05 ** 2)
     assert int(b["kd_iteration"]) == 3
+    # the teacher boundary head was fitted for 2 iterations, then frozen, in both runs
+    assert bool(b["kd_modules.boundary.teacher_head_frozen"]) and bool(a["kd_modules.boundary.teacher_head_frozen"])
+    assert not bool(mid["kd_modules.boundary.teacher_head_frozen"])
+
+
+def test_warmup_and_decay_compose_and_survive_resume(runs):
+    def weights(run):
+        lines = [json.loads(l) for l in open(runs[run] / "metrics.json") if l.strip()]
+        return {l["iteration"]: (l["kd/boundary/weight"], l["kd/context/weight"]) for l in lines
+                if "kd/boundary/weight" in l}
+
+    full, half = weights("full"), weights("half")
+    # w(it) = λ · (1 − it/4) · min(1, (it+1)/3)
+    for it in range(4):
+        r = (1 - it / 4) * min(1.0, (it + 1) / 3)
+        assert full[it] == pytest.approx((10.0 * r, 50.0 * r)), it
+    for it in (2, 3):  # after the resume: the same weights
+        assert half[it] == pytest.approx(full[it]), it
 
 
 def test_metrics_log_weights_and_temperatures(runs):
     lines = [json.loads(l) for l in open(runs["full"] / "metrics.json") if l.strip()]
     first = next(l for l in lines if l.get("iteration") == 0)
     last = next(l for l in lines if l.get("iteration") == 3)
-    assert first["kd/boundary/weight"] == pytest.approx(10.0)
+    assert first["kd/boundary/weight"] == pytest.approx(10.0 / 3)  # warm-up 1/3
     assert last["kd/context/weight"] == pytest.approx(50.0 / 4)
     assert last["kd/context/temperature/tau"] == pytest.approx(1.05 ** 4)
     rep = json.load(open(runs["full"] / "kd_report.json"))

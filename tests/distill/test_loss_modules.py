@@ -87,6 +87,9 @@ def test_zero_when_inputs_identical(name):
 def test_gradients_reach_student_and_kd_modules_not_teacher(name):
     cfg = _cfg()
     cfg.KD.BOUNDARY.TEACHER_HEAD = "pseudo_affinity"
+    # head trained alongside L_bd (no fitting phase) so that one step reaches both; the
+    # fitted-then-frozen phases are tested in test_bcd_calibration.py
+    cfg.KD.BOUNDARY.TEACHER_HEAD_FIT_ITERS = 0
     cfg.KD.CONTEXT.TEACHER_HEAD = "fixed_projection"
     loss = _build(name, cfg).train()
     s_names, t_names = type(loss).feature_names(cfg)

@@ -9,13 +9,17 @@ Pipeline (both sides, on the ``1/8`` grid of the student's padded input):
    (endpoints included). ``B`` is symmetric; ``|N_5| = 68`` neighbours. ``DOMAIN="logit"`` uses
    ``B`` of the logit (default); ``"prob"`` uses ``sigmoid(B) = max sigmoid(s)``.
 3. Row-wise spatial softmax over the valid neighbours of each valid source pixel at temperature
-   τ_bd, ``KL(sg(p_T) ‖ p_S)`` averaged over valid rows (``batchmean-over-tokens``), times τ².
+   τ_bd, ``KL(sg(p_T) ‖ p_S)`` averaged over valid rows (``REDUCTION: row_mean``,
+   ``batchmean-over-tokens``) or over valid (row, neighbour) pairs (``element_mean``), times τ².
    ``MODE="unary"`` instead takes one spatial softmax over the whole map of ``s``.
 
 Teacher head (A1, ``TEACHER_HEAD``): ``pseudo_affinity`` (default: a teacher HFA + conv trained
 only by IRNet's affinity loss on pair labels from the teacher's own argmax prediction, returned as
 the auxiliary entry ``loss_kd_boundary_teacher_head`` at weight ``PSEUDO_AFFINITY_WEIGHT``, not
-scheduled; ``L_bd`` is stopped at ``B_T``), ``literal_joint`` (teacher head trained by ``L_bd``
+scheduled; ``L_bd`` is stopped at ``B_T``; the head is *fitted* during the first
+``TEACHER_HEAD_FIT_ITERS`` iterations of the run, while ``L_bd`` is 0, then frozen: the student
+distils from a fixed teacher boundary map, and only student parameters are updated by ``L_bd``,
+as the paper says; ``FIT_ITERS: 0`` trains it throughout), ``literal_joint`` (teacher head trained by ``L_bd``
 jointly), ``frozen_random`` (random, frozen teacher head), ``shared_stopgrad`` (the student's
 HFA + conv applied to the teacher features, detached; needs equal channels).
 Temperature: adaptive controller (§2.7), statistic = the teacher's row softmax.
@@ -31,7 +35,7 @@ from torch import Tensor, nn
 
 from ._functional import build_temperature, masked_kl
 from .base import DistillLoss, KDContext, as_tensor_feature
-from .bcd_hfa import HFA, grid_size, student_hfa, student_hfa_key
+from .bcd_hfa import HFA, IdentityHFA, frozen_norm_stats, grid_size, student_hfa, student_hfa_key
 from .build import KD_LOSS_REGISTRY
 
 __all__ = [
@@ -194,6 +198,7 @@ def pairwise_boundary_kl(
     domain: str = "logit",
     tau_squared: bool = True,
     observer: Optional[Any] = None,
+    reduction: str = "row_mean",
 ) -> Tensor:
     """Row KL over the disk neighbours (steps B3-B4).
 
@@ -206,9 +211,13 @@ def pairwise_boundary_kl(
         domain: ``"logit"`` or ``"prob"`` (sigmoid of the line-max logit).
         tau_squared: multiply by τ².
         observer: a ``TemperatureController`` fed with the teacher rows, or None.
+        reduction: ``"row_mean"``: divide the summed row KLs by the number of valid rows;
+            ``"element_mean"``: by the number of valid (row, neighbour) pairs (≈ 68 × rows).
     Returns:
-        scalar ``τ² · mean_{valid rows} KL(p_T ‖ p_S)``.
+        scalar ``τ² · Σ_{valid rows} KL(p_T ‖ p_S) / normaliser``.
     """
+    if reduction not in ("row_mean", "element_mean"):
+        raise ValueError(f"KD.BOUNDARY.REDUCTION must be 'row_mean' or 'element_mean', got '{reduction}'")
     col = neighbour_valid(valid, radius)
     rows = valid & col.any(dim=1)
     to_domain = torch.sigmoid if domain == "prob" else (lambda x: x)
@@ -217,7 +226,11 @@ def pairwise_boundary_kl(
     if observer is not None:
         observer.observe(b_t.detach().masked_fill(~col, float("-inf")), rows, dim=1)
     kl = masked_kl(b_t / tau, b_s / tau, col, dim=1)
-    loss = (kl * rows).sum() / rows.sum().clamp_min(1)
+    if reduction == "row_mean":
+        norm = rows.sum().clamp_min(1)
+    else:
+        norm = (col & rows[:, None]).sum().clamp_min(1)
+    loss = (kl * rows).sum() / norm
     return loss * (tau * tau if tau_squared else 1.0)
 
 
@@ -235,6 +248,10 @@ class BoundaryDistillation(DistillLoss):
             raise ValueError(f"KD.BOUNDARY.TEACHER_HEAD '{node.TEACHER_HEAD}' not in {_TEACHER_HEADS}")
         if node.DOMAIN not in ("logit", "prob") or node.MODE not in ("pairwise", "unary"):
             raise ValueError("KD.BOUNDARY.DOMAIN must be logit|prob and MODE pairwise|unary")
+        if node.REDUCTION not in ("row_mean", "element_mean"):
+            raise ValueError(f"KD.BOUNDARY.REDUCTION must be 'row_mean' or 'element_mean', got '{node.REDUCTION}'")
+        if node.TEACHER_HFA not in ("hfa", "identity"):
+            raise ValueError(f"KD.BOUNDARY.TEACHER_HFA must be 'hfa' or 'identity', got '{node.TEACHER_HFA}'")
         s_ch = [student_shapes[n].channels for n in self.student_features]
         t_ch = [teacher_shapes[n].channels for n in self.teacher_features]
         self.stride = int(cfg.KD.BCD_HFA.STRIDE)
@@ -251,57 +268,102 @@ class BoundaryDistillation(DistillLoss):
             self.hfa_t: Optional[nn.Module] = None
             self.conv_t: Optional[nn.Module] = None
         else:
-            self.hfa_t = HFA(t_ch, cfg.KD.BCD_HFA.DIM, cfg.KD.BCD_HFA.NORM)
+            if node.TEACHER_HFA == "identity":
+                self.hfa_t = IdentityHFA(t_ch)
+            else:
+                self.hfa_t = HFA(t_ch, cfg.KD.BCD_HFA.DIM, cfg.KD.BCD_HFA.NORM)
             self.conv_t = nn.Conv2d(self.hfa_t.out_channels, 1, 1)
             if self.head == "frozen_random":
                 self.hfa_t.requires_grad_(False)
                 self.conv_t.requires_grad_(False)
         self.temperature = build_temperature(node)
+        # pseudo_affinity: fitted during the first FIT_ITERS iterations, then frozen (buffer, so a
+        # resumed run knows; the iteration alone would also tell)
+        self.fit_iters = int(node.TEACHER_HEAD_FIT_ITERS) if self.head == "pseudo_affinity" else 0
+        self.register_buffer("teacher_head_frozen", torch.tensor(False))
         if self.head == "pseudo_affinity":
             self.aux_loss_keys = [self.loss_key + "_teacher_head"]
 
     def train(self, mode: bool = True) -> "BoundaryDistillation":
         super().train(mode)
-        if self.head == "frozen_random" and self.hfa_t is not None:
-            self.hfa_t.eval()  # frozen: BN keeps its initial (identity) statistics
+        if self.hfa_t is not None and (self.head == "frozen_random" or bool(self.teacher_head_frozen)):
+            self.hfa_t.eval()  # frozen: BN keeps its (initial or fitted) statistics
         return self
 
-    def _teacher_logit(self, t_feats: List[Tensor], size: Tuple[int, int]) -> Tensor:
-        if self.head == "shared_stopgrad":
-            with torch.no_grad():
-                return self.conv_s(self.hfa_s(t_feats, size))
-        return self.conv_t(self.hfa_t(t_feats, size))
+    def freeze_teacher_head(self) -> None:
+        """End of the fitting phase: the teacher boundary head (HFA_T + Conv_T) gets no gradient
+        and its BatchNorm uses the running statistics it gathered while fitting."""
+        for p in list(self.hfa_t.parameters()) + list(self.conv_t.parameters()):
+            p.requires_grad_(False)
+            p.grad = None
+        self.hfa_t.eval()
+        self.teacher_head_frozen.fill_(True)
 
-    def forward(self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any], ctx: KDContext):
+    def teacher_head_fitting(self, iteration: int) -> bool:
+        """True while the pseudo-affinity head is being fitted (``iteration < FIT_ITERS``, or
+        always when ``FIT_ITERS`` is 0); freezes the head on the first call past the phase."""
+        if self.head != "pseudo_affinity":
+            return False
+        if self.fit_iters <= 0:
+            return True
+        if iteration >= self.fit_iters:
+            if not bool(self.teacher_head_frozen) or self.conv_t.weight.requires_grad:
+                self.freeze_teacher_head()
+            return False
+        return True
+
+    def _teacher_logit(self, t_feats: List[Tensor], size: Tuple[int, int], grad: bool = True) -> Tensor:
+        if self.head == "shared_stopgrad":
+            with torch.no_grad(), frozen_norm_stats(self.hfa_s):
+                return self.conv_s(self.hfa_s(t_feats, size))
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return self.conv_t(self.hfa_t(t_feats, size))
+
+    def forward(
+        self,
+        student_feats: Dict[str, Any],
+        teacher_feats: Dict[str, Any],
+        ctx: KDContext,
+        stride: Optional[int] = None,
+    ) -> Dict[str, Tensor]:
+        """The loss entries; ``stride`` overrides ``KD.BCD_HFA.STRIDE`` for this call (the FPN
+        variant runs one loss per level at that level's stride)."""
         s_list = [as_tensor_feature(student_feats[n], n) for n in self.student_features]
         t_list = [as_tensor_feature(teacher_feats[n], n).detach() for n in self.teacher_features]
-        size = grid_size(ctx.student_batch.tensor.shape[-2:], self.stride)
+        size = grid_size(ctx.student_batch.tensor.shape[-2:], int(stride or self.stride))
         f_s = ctx.cached(student_hfa_key(self.student_features), lambda: self.hfa_s(s_list, size))
         s_logit = self.conv_s(f_s)
-        t_logit = self._teacher_logit(t_list, size)
+        fitting = self.teacher_head_fitting(int(ctx.iteration))
+        head_trains = self.head == "literal_joint" or fitting
+        t_logit = self._teacher_logit(t_list, size, grad=head_trains)
         valid = ctx.valid_mask(size)
         tau = self.temperature.value
         out: Dict[str, Tensor] = {}
-        t_for_kd = t_logit if self.head == "literal_joint" else t_logit.detach()
-        if self.node.MODE == "unary":
+        m_t: Optional[Tensor] = None
+        if fitting and self.fit_iters > 0:
+            # Fitting phase: the head learns the teacher's boundaries; the student gets no L_bd
+            # yet (0, kept in the graph so every student KD parameter stays in use).
+            kd = s_logit.sum() * 0.0
+        elif self.node.MODE == "unary":
+            t_for_kd = t_logit if self.head == "literal_joint" else t_logit.detach()
             kd = self.unary_kd(s_logit, t_for_kd, valid, tau)
         else:
             m_s = line_max(s_logit, self.radius, -1e4)
             m_t = line_max(t_logit, self.radius, -1e4)
             m_t_kd = m_t if self.head == "literal_joint" else m_t.detach()
             kd = self.pairwise_kd(m_s, m_t_kd, valid, tau)
-            if self.head == "pseudo_affinity":
+        out[self.loss_key] = kd
+        if self.head == "pseudo_affinity":
+            key = self.aux_loss_keys[0]
+            if fitting:
+                if m_t is None:
+                    m_t = line_max(t_logit, self.radius, -1e4)
                 labels = self._pseudo_labels(ctx, size)
-                out[self.aux_loss_keys[0]] = self.node.PSEUDO_AFFINITY_WEIGHT * pseudo_affinity_loss(
+                out[key] = self.node.PSEUDO_AFFINITY_WEIGHT * pseudo_affinity_loss(
                     m_t, labels, valid, self.radius, int(self.node.BG_CLASS)
                 )
-        out[self.loss_key] = kd
-        if self.head == "pseudo_affinity" and self.node.MODE == "unary":
-            labels = self._pseudo_labels(ctx, size)
-            m_t = line_max(t_logit, self.radius, -1e4)
-            out[self.aux_loss_keys[0]] = self.node.PSEUDO_AFFINITY_WEIGHT * pseudo_affinity_loss(
-                m_t, labels, valid, self.radius, int(self.node.BG_CLASS)
-            )
+            else:
+                out[key] = s_logit.new_zeros(())  # frozen head: nothing to train
         return out
 
     def _pseudo_labels(self, ctx: KDContext, size: Tuple[int, int]) -> Tensor:
@@ -321,7 +383,8 @@ class BoundaryDistillation(DistillLoss):
     def pairwise_kd(self, m_s: Tensor, m_t: Tensor, valid: Tensor, tau: float) -> Tensor:
         """:func:`pairwise_boundary_kl` with this loss's radius, domain, τ² flag and controller."""
         return pairwise_boundary_kl(
-            m_s, m_t, valid, self.radius, tau, self.node.DOMAIN, bool(self.node.TAU_SQUARED), self.temperature
+            m_s, m_t, valid, self.radius, tau, self.node.DOMAIN, bool(self.node.TAU_SQUARED), self.temperature,
+            reduction=self.node.REDUCTION,
         )
 
     def unary_kd(self, s: Tensor, t: Tensor, valid: Tensor, tau: float) -> Tensor:
@@ -333,5 +396,6 @@ class BoundaryDistillation(DistillLoss):
         self.temperature.observe(b_t.detach().masked_fill(~vs, float("-inf")) * tau, vs.any(1), dim=1)
         kl = masked_kl(b_t, b_s, vs, dim=1)
         keep = vs.any(1)
-        loss = (kl * keep).sum() / keep.sum().clamp_min(1)
+        norm = keep.sum() if self.node.REDUCTION == "row_mean" else vs.sum()
+        loss = (kl * keep).sum() / norm.clamp_min(1)
         return loss * (tau * tau if self.node.TAU_SQUARED else 1.0)

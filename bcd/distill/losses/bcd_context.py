@@ -27,13 +27,21 @@ from torch.utils.checkpoint import checkpoint
 
 from ._functional import build_temperature, masked_kl
 from .base import DistillLoss, KDContext, as_tensor_feature
-from .bcd_hfa import HFA, FixedProjectionHFA, grid_size, student_hfa, student_hfa_key
+from .bcd_hfa import (
+    HFA,
+    FixedProjectionHFA,
+    IdentityHFA,
+    frozen_norm_stats,
+    grid_size,
+    student_hfa,
+    student_hfa_key,
+)
 from .build import KD_LOSS_REGISTRY
 
-__all__ = ["ContextDistillation", "cap_tokens", "relation_kl"]
+__all__ = ["ContextDistillation", "cap_tokens", "relation_kl", "relation_row_kl", "relation_scale"]
 
 _BACKBONE_LEVELS = ["backbone.res2", "backbone.res3", "backbone.res4", "backbone.res5"]
-_TEACHER_HEADS = ("fixed_projection", "literal_joint", "frozen_random", "shared_stopgrad")
+_TEACHER_HEADS = ("fixed_projection", "literal_joint", "frozen_random", "shared_stopgrad", "identity")
 
 
 def cap_tokens(x: Tensor, valid: Tensor, cap: int) -> Tuple[Tensor, Tensor]:
@@ -49,11 +57,29 @@ def cap_tokens(x: Tensor, valid: Tensor, cap: int) -> Tuple[Tensor, Tensor]:
     return xp, vp
 
 
-def _chunk_kl(q_s: Tensor, k_s: Tensor, q_t: Tensor, k_t: Tensor, col: Tensor, scale: float) -> Tensor:
-    """Per-row KL of one chunk: ``B×n`` (rows ``q``, all keys ``k``)."""
+def relation_row_kl(q_s: Tensor, k_s: Tensor, q_t: Tensor, k_t: Tensor, col: Tensor, scale: float) -> Tensor:
+    """Per-row relation KL of one chunk of query rows: ``B×n``.
+
+    ``KL(softmax(scale · q_t k_tᵀ) ‖ softmax(scale · q_s k_sᵀ))`` row by row, over the columns
+    where ``col`` (``B×N`` bool) is True. ``q_*``: ``B×n×C`` query rows, ``k_*``: ``B×N×C`` keys.
+    This is the one place the relation rows are computed (a fused implementation replaces it).
+    """
     a_s = torch.bmm(q_s, k_s.transpose(1, 2)) * scale
     a_t = torch.bmm(q_t, k_t.transpose(1, 2)) * scale
     return masked_kl(a_t, a_s, col[:, None, :], dim=2)
+
+
+_chunk_kl = relation_row_kl  # old name
+
+
+def relation_scale(channels: int, tau: float, relation: str = "dot", cos_tau: float = 0.1) -> float:
+    """Factor of ``X Xᵀ`` in the relation logits: ``1/(√C·τ)`` (``dot``) or ``1/(cos_tau·τ)``
+    (``cosine``, tokens L2-normalised first)."""
+    if relation == "dot":
+        return 1.0 / (math.sqrt(channels) * tau)
+    if relation == "cosine":
+        return 1.0 / (cos_tau * tau)
+    raise ValueError(f"KD.CONTEXT.RELATION must be 'dot' or 'cosine', got '{relation}'")
 
 
 def relation_kl(
@@ -64,8 +90,14 @@ def relation_kl(
     chunk: int = 0,
     use_checkpoint: bool = False,
     observer: Optional[Any] = None,
+    reduction: str = "row_mean",
+    relation: str = "dot",
+    cos_tau: float = 0.1,
 ) -> Tensor:
-    """Mean over valid rows of ``KL(softmax(A_T[i]/τ) ‖ softmax(A_S[i]/τ))``, ``A = X Xᵀ/√C``.
+    """Relation KD: ``Σ_{valid rows i} KL(softmax(A_T[i]/τ) ‖ softmax(A_S[i]/τ))`` reduced.
+
+    ``A = X Xᵀ/√C`` (``relation="dot"``, Eq. 4) or ``A = X̂ X̂ᵀ/cos_tau`` with L2-normalised
+    tokens (``"cosine"``, CIRKD).
 
     Args:
         x_s, x_t: ``B×N×C`` student / teacher tokens (same C).
@@ -74,11 +106,19 @@ def relation_kl(
         chunk: rows per chunk (≤ 0 or ≥ N: one chunk).
         use_checkpoint: recompute each chunk in the backward.
         observer: a ``TemperatureController`` fed with the teacher rows (``observe``), or None.
+        reduction: ``"row_mean"`` (divide by the number of valid rows) or ``"element_mean"``
+            (divide by the number of valid (row, column) entries: also by the row length).
+        relation, cos_tau: see above.
     """
+    if reduction not in ("row_mean", "element_mean"):
+        raise ValueError(f"KD.CONTEXT.REDUCTION must be 'row_mean' or 'element_mean', got '{reduction}'")
     x_s = x_s.float()
     x_t = x_t.float().detach()
+    if relation == "cosine":
+        x_s = F.normalize(x_s, dim=-1)
+        x_t = F.normalize(x_t, dim=-1)
     B, N, C = x_s.shape
-    scale = 1.0 / (math.sqrt(C) * tau)
+    scale = relation_scale(C, tau, relation, cos_tau)
     chunk = N if chunk <= 0 else min(chunk, N)
     total = x_s.new_zeros(())
     for a in range(0, N, chunk):
@@ -88,15 +128,23 @@ def relation_kl(
             continue
         args = (x_s[:, a:b], x_s, x_t[:, a:b], x_t, valid, scale)
         if use_checkpoint and torch.is_grad_enabled() and x_s.requires_grad:
-            kl = checkpoint(_chunk_kl, *args, use_reentrant=False)
+            kl = checkpoint(relation_row_kl, *args, use_reentrant=False)
         else:
-            kl = _chunk_kl(*args)
+            kl = relation_row_kl(*args)
         total = total + (kl * rows).sum()
         if observer is not None:
-            with torch.no_grad():
-                a_t = torch.bmm(x_t[:, a:b], x_t.transpose(1, 2)) / math.sqrt(C)
+            with torch.no_grad():  # teacher logits at τ = 1 (the controller divides by τ)
+                a_t = torch.bmm(x_t[:, a:b], x_t.transpose(1, 2)) * (scale * tau)
                 observer.observe(a_t.masked_fill(~valid[:, None, :], float("-inf")), rows, dim=2)
-    return total / valid.sum().clamp_min(1)
+    return total / _normaliser(valid, reduction)
+
+
+def _normaliser(valid: Tensor, reduction: str) -> Tensor:
+    """Number of valid rows, or of valid (row, column) entries (rows × valid columns per image)."""
+    if reduction == "row_mean":
+        return valid.sum().clamp_min(1)
+    n = valid.sum(dim=1).to(torch.float64)
+    return (n * n).sum().clamp_min(1).float()
 
 
 @KD_LOSS_REGISTRY.register()
@@ -118,8 +166,14 @@ class ContextDistillation(DistillLoss):
         self.head = node.TEACHER_HEAD
         # shared with the other BCD loss; registered once, in the Distiller's shared dict
         object.__setattr__(self, "hfa_s", student_hfa(self, cfg, self.student_features, s_ch))
+        if node.REDUCTION not in ("row_mean", "element_mean"):
+            raise ValueError(f"KD.CONTEXT.REDUCTION must be 'row_mean' or 'element_mean', got '{node.REDUCTION}'")
+        if node.RELATION not in ("dot", "cosine"):
+            raise ValueError(f"KD.CONTEXT.RELATION must be 'dot' or 'cosine', got '{node.RELATION}'")
         if self.head == "fixed_projection":
             self.hfa_t: Optional[nn.Module] = FixedProjectionHFA(t_ch, dim, node.PROJECTION_SEED)
+        elif self.head == "identity":
+            self.hfa_t = IdentityHFA(t_ch)
         elif self.head in ("literal_joint", "frozen_random"):
             self.hfa_t = HFA(t_ch, dim, cfg.KD.BCD_HFA.NORM)
             if self.head == "frozen_random":
@@ -140,16 +194,24 @@ class ContextDistillation(DistillLoss):
             self.hfa_t.eval()
         return self
 
-    def forward(self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any], ctx: KDContext):
+    def forward(
+        self,
+        student_feats: Dict[str, Any],
+        teacher_feats: Dict[str, Any],
+        ctx: KDContext,
+        stride: Optional[int] = None,
+    ) -> Dict[str, Tensor]:
+        """The loss entries; ``stride`` overrides ``KD.BCD_HFA.STRIDE`` for this call (the FPN
+        variant runs one loss per level at that level's stride)."""
         s_list = [as_tensor_feature(student_feats[n], n) for n in self.student_features]
         t_list = [as_tensor_feature(teacher_feats[n], n).detach() for n in self.teacher_features]
-        size = grid_size(ctx.student_batch.tensor.shape[-2:], self.stride)
+        size = grid_size(ctx.student_batch.tensor.shape[-2:], int(stride or self.stride))
         f_s = ctx.cached(student_hfa_key(self.student_features), lambda: self.hfa_s(s_list, size))
         valid = ctx.valid_mask(size)
         if self.hfa_t is None:
-            with torch.no_grad():
+            with torch.no_grad(), frozen_norm_stats(self.hfa_s):
                 f_t = self.hfa_s(t_list, size)
-        elif isinstance(self.hfa_t, FixedProjectionHFA):
+        elif isinstance(self.hfa_t, (FixedProjectionHFA, IdentityHFA)):
             f_t = self.hfa_t(t_list, size, valid)
         else:
             f_t = self.hfa_t(t_list, size)
@@ -166,14 +228,20 @@ class ContextDistillation(DistillLoss):
         else:
             loss = relation_kl(
                 x_s, x_t, valid_c.flatten(1), tau, int(self.node.CHUNK), bool(self.node.CHECKPOINT),
-                observer=self.temperature,
+                observer=self.temperature, reduction=self.node.REDUCTION, relation=self.node.RELATION,
+                cos_tau=float(self.node.COS_TAU),
             )
         return {self.loss_key: loss * (tau * tau if self.node.TAU_SQUARED else 1.0)}
 
     def _joint(self, x_s: Tensor, x_t: Tensor, valid: Tensor, tau: float) -> Tensor:
-        """``literal_joint``: the teacher side keeps its gradient (unchunked)."""
-        C = x_s.shape[-1]
-        a_s = torch.bmm(x_s.float(), x_s.float().transpose(1, 2)) / (math.sqrt(C) * tau)
-        a_t = torch.bmm(x_t.float(), x_t.float().transpose(1, 2)) / (math.sqrt(C) * tau)
-        kl = masked_kl(a_t, a_s, valid[:, None, :], dim=2)
-        return (kl * valid).sum() / valid.sum().clamp_min(1)
+        """``literal_joint``: the teacher side keeps its gradient (unchunked); it feeds the
+        temperature controller like the detached path."""
+        x_s, x_t = x_s.float(), x_t.float()
+        if self.node.RELATION == "cosine":
+            x_s, x_t = F.normalize(x_s, dim=-1), F.normalize(x_t, dim=-1)
+        scale = relation_scale(x_s.shape[-1], tau, self.node.RELATION, float(self.node.COS_TAU))
+        with torch.no_grad():
+            a_t = torch.bmm(x_t, x_t.transpose(1, 2)) * (scale * tau)
+            self.temperature.observe(a_t.masked_fill(~valid[:, None, :], float("-inf")), valid, dim=2)
+        kl = relation_row_kl(x_s, x_s, x_t, x_t, valid, scale)
+        return (kl * valid).sum() / _normaliser(valid, self.node.REDUCTION)

@@ -15,8 +15,11 @@ the FPN-based baselines (CWD / PKD / FGD):
   the token cap of ``L_cd`` applies per level; each level gets a fresh per-step cache;
 * the result is the mean over levels of each returned entry (so α = 10, β = 50 keep their scale).
 
-Implementation note: the inner losses compute their grid as ``ceil(input / self.stride)``; this
-wrapper sets ``inner.stride`` to the level's stride before each call.
+Teacher side (§2.9): the teacher's FPN features are used as they are (``TEACHER_HEAD:
+identity`` for ``L_cd``: no projection; for ``L_bd`` the fitted pseudo-affinity conv reads them
+through an identity aggregation, ``KD.BOUNDARY.TEACHER_HFA: identity``), set by this wrapper
+whatever the config says for the single-map losses. Each level's grid is passed to the inner
+loss as an argument (``stride=``); no module attribute is changed.
 """
 from __future__ import annotations
 
@@ -59,8 +62,12 @@ class _PerLevel(DistillLoss):
         inner_cfg.defrost()
         inner_cfg.KD[self.CONFIG_KEY].STUDENT_FEATURES = [s0]
         inner_cfg.KD[self.CONFIG_KEY].TEACHER_FEATURES = [t0]
+        self._set_teacher_side(inner_cfg.KD[self.CONFIG_KEY])
         self.inner = self.INNER(inner_cfg, {s0: student_shapes[s0]}, {t0: teacher_shapes[t0]}, shared)
         self.aux_loss_keys = list(self.inner.aux_loss_keys)
+
+    def _set_teacher_side(self, node) -> None:
+        """§2.9: the teacher side is the FPN feature itself (overridden by each subclass)."""
 
     def forward(self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any],
                 ctx: KDContext) -> Dict[str, Tensor]:
@@ -68,12 +75,12 @@ class _PerLevel(DistillLoss):
         total: Dict[str, Tensor] = {}
         n = len(self.student_features)
         for s, t, stride in zip(self.student_features, self.teacher_features, self.strides):
-            self.inner.stride = stride
             level_ctx = dataclasses.replace(ctx, cache={})  # per-level grid, masks and HFA output
             out = self.inner(
                 {s0: as_tensor_feature(student_feats[s], s)},
                 {t0: as_tensor_feature(teacher_feats[t], t)},
                 level_ctx,
+                stride=stride,
             )
             for k, v in out.items():
                 total[k] = total[k] + v / n if k in total else v / n
@@ -88,6 +95,9 @@ class BoundaryDistillationFPN(_PerLevel):
     NAME = "boundary"
     INNER = BoundaryDistillation
 
+    def _set_teacher_side(self, node) -> None:
+        node.TEACHER_HFA = "identity"
+
 
 @KD_LOSS_REGISTRY.register()
 class ContextDistillationFPN(_PerLevel):
@@ -96,3 +106,6 @@ class ContextDistillationFPN(_PerLevel):
     CONFIG_KEY = "CONTEXT"
     NAME = "context"
     INNER = ContextDistillation
+
+    def _set_teacher_side(self, node) -> None:
+        node.TEACHER_HEAD = "identity"

@@ -14,9 +14,10 @@ Config node ``KD.BCD_HFA``: ``DIM`` (d = 128), ``NORM`` (``"BN"``; ``"GN4"`` is 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import zlib
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,15 @@ from bcd.config import CfgNode as CN
 
 from ..connectors import align_spatial, build_norm
 
-__all__ = ["HFA", "FixedProjectionHFA", "grid_size", "student_hfa"]
+__all__ = [
+    "HFA",
+    "FixedProjectionHFA",
+    "IdentityHFA",
+    "frozen_norm_stats",
+    "grid_size",
+    "masked_resize",
+    "student_hfa",
+]
 
 
 def grid_size(image_hw: Sequence[int], stride: int) -> Tuple[int, int]:
@@ -69,8 +78,9 @@ class FixedProjectionHFA(nn.Module):
         seed: seed of the random projections (the same seed gives the same matrices).
     """
 
-    def __init__(self, in_channels: Sequence[int], dim: int = 128, seed: int = 0) -> None:
+    def __init__(self, in_channels: Sequence[int], dim: int = 128, seed: int = 0, eps: float = 1e-5) -> None:
         super().__init__()
+        self.eps = float(eps)
         g = torch.Generator().manual_seed(int(seed))
         for i, c in enumerate(in_channels):
             # Orthonormal rows (d <= C) or columns (d > C) via QR of a Gaussian matrix.
@@ -84,24 +94,84 @@ class FixedProjectionHFA(nn.Module):
     def forward(self, feats: List[Tensor], size: Tuple[int, int], valid: Optional[Tensor] = None) -> Tensor:
         """``[B×C_l×h_l×w_l]`` → ``B×(L·d)×size`` (no gradients flow to anything here).
 
-        ``valid`` (``B×h×w`` bool on any grid, nearest-resized to each level): the statistics of
-        the standardisation use the valid cells only, so padding / ignored cells do not shift them.
+        ``valid`` (``B×h×w`` bool on any grid, nearest-resized to each level): invalid cells
+        (padding, ignore-labelled) take no part anywhere. The standardisation statistics use the
+        valid cells only; a channel whose standard deviation over them is below ``eps`` (e.g. a
+        dead ReLU channel) is set to 0 instead of being divided by a tiny number; the projected
+        values of invalid cells are set to 0 and, when a level is pooled down to the grid, a token
+        is the mean over its *valid* cells only. So nothing an invalid cell holds changes a valid
+        token (``tests/distill/test_bcd_calibration.py``).
         """
         outs = []
         for i, f in enumerate(feats):
             f = f.float()
-            if valid is not None:
-                m = F.interpolate(valid[:, None].float(), size=f.shape[-2:], mode="nearest")
-                n = m.sum().clamp_min(1.0)
-                mu = (f * m).sum(dim=(0, 2, 3), keepdim=True) / n
-                var = (((f - mu) ** 2) * m).sum(dim=(0, 2, 3), keepdim=True) / n
-                sd = var.sqrt().clamp_min(1e-6)
+            if valid is None:
+                m = torch.ones_like(f[:, :1])
             else:
-                mu = f.mean(dim=(0, 2, 3), keepdim=True)
-                sd = f.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(1e-6)
-            z = torch.einsum("dc,bchw->bdhw", getattr(self, f"proj{i}"), (f - mu) / sd)
-            outs.append(align_spatial(z, size, "pool"))
+                m = F.interpolate(valid[:, None].float(), size=f.shape[-2:], mode="nearest")
+            n = m.sum().clamp_min(1.0)
+            fm = torch.where(m > 0, f, torch.zeros_like(f))  # invalid values never enter a sum
+            mu = fm.sum(dim=(0, 2, 3), keepdim=True) / n
+            var = (((fm - mu) ** 2) * m).sum(dim=(0, 2, 3), keepdim=True) / n
+            sd = var.sqrt()
+            live = sd > self.eps
+            z = torch.where(live, (fm - mu) / sd.clamp_min(self.eps), torch.zeros_like(fm)) * m
+            z = torch.einsum("dc,bchw->bdhw", getattr(self, f"proj{i}"), z)
+            outs.append(masked_resize(z, m, size))
         return torch.cat(outs, dim=1)
+
+
+def masked_resize(z: Tensor, m: Tensor, size: Tuple[int, int]) -> Tensor:
+    """Resize ``B×C×h×w`` to ``size`` like ``align_spatial(.., "pool")``, but average-pooled
+    cells only average the cells where ``m`` (``B×1×h×w``, 0/1) is 1 (0 where none is);
+    upsampling is bilinear of the (already zeroed) values."""
+    if tuple(z.shape[-2:]) == tuple(size):
+        return z * m
+    if z.shape[-2] >= size[0] and z.shape[-1] >= size[1]:
+        num = F.adaptive_avg_pool2d(z * m, size)
+        den = F.adaptive_avg_pool2d(m, size)
+        return torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros_like(num))
+    return align_spatial(z * m, size, "pool")
+
+
+class IdentityHFA(nn.Module):
+    """Teacher side "identity" (METHODS §2.9, FPN variant): the teacher's features as they are,
+    resized to the grid and concatenated (no parameters, no normalisation).
+
+    Args:
+        in_channels: ``C_l`` of each level.
+    """
+
+    def __init__(self, in_channels: Sequence[int]) -> None:
+        super().__init__()
+        self.out_channels = int(sum(in_channels))
+
+    def forward(self, feats: List[Tensor], size: Tuple[int, int], valid: Optional[Tensor] = None) -> Tensor:
+        """``[B×C_l×h_l×w_l]`` → ``B×ΣC_l×size``."""
+        return torch.cat([align_spatial(f.float(), size, "pool") for f in feats], dim=1)
+
+
+@contextlib.contextmanager
+def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` in its current mode but restore every norm layer's running statistics
+    (``running_mean``, ``running_var``, ``num_batches_tracked``) on exit.
+
+    ``shared_stopgrad`` applies the *student's* HFA to teacher features: in train mode its
+    BatchNorm normalises with the teacher batch's statistics (as the student pass does with its
+    own), but teacher features must not move the student's running statistics.
+    """
+    saved = {
+        name: b.detach().clone()
+        for name, b in module.named_buffers()
+        if name.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    }
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, b in module.named_buffers():
+                if name in saved:
+                    b.copy_(saved[name])
 
 
 def student_hfa(loss: nn.Module, cfg: CN, names: Sequence[str], channels: Sequence[int]) -> HFA:
