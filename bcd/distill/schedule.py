@@ -2,10 +2,10 @@
 
 * :class:`WeightSchedule`: ``w(it) = λ · decay(it) · warmup(it)``, 0 from ``stop_iter`` on.
   ``decay`` is 1 (``"constant"``) or BCD's time decay ``1 − it/max_iter`` (``"linear_decay"``,
-  METHODS §2.6 Eq. 7 per iteration, A7): 1 at the first iteration, ``1/max_iter`` at the last.
+  docs/methods.md §2.6 Eq. 7 per iteration, A7): 1 at the first iteration, ``1/max_iter`` at the last.
   ``warmup`` rises linearly ``(it+1)/warmup_iters`` to 1. The schedule is a pure function of the
   iteration, which the ``Distiller`` keeps in a buffer (so ``--resume`` restores it).
-* :class:`TemperatureController` (METHODS §2.7): τ starts at τ₀ and is multiplied by γ after a
+* :class:`TemperatureController` (docs/methods.md §2.7): τ starts at τ₀ and is multiplied by γ after a
   training step whose statistic fires the trigger; τ never decreases. ``maxprob``: the mean over
   the batch's valid rows of the teacher's maximum row probability at the current τ, fires when it
   exceeds the threshold (0.5). ``range``: ``(max − min)`` of the teacher's logits divided by τ over
@@ -21,6 +21,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from bcd.utils import comm
 
 __all__ = ["WeightSchedule", "TemperatureController", "build_weight_schedule"]
 
@@ -82,12 +84,8 @@ def build_weight_schedule(loss_node, default_node, max_iter: int) -> WeightSched
     return WeightSchedule(name, loss_node.WEIGHT, max_iter, warm, stop)
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 class TemperatureController(nn.Module):
-    """Adaptive temperature τ (METHODS §2.7) with its state in buffers.
+    """Adaptive temperature τ (docs/methods.md §2.7) with its state in buffers.
 
     Args:
         init: τ₀.
@@ -171,7 +169,7 @@ class TemperatureController(nn.Module):
         if not self.adaptive:
             return False
         stat = torch.tensor([self._stat_sum, self._stat_count], dtype=torch.float64)
-        if _world_size() > 1:
+        if comm.get_world_size() > 1:
             backend_dev = self.tau.device if dist.get_backend() == "nccl" else torch.device("cpu")
             stat = stat.to(backend_dev)
             if self.trigger == "maxprob":

@@ -1,4 +1,4 @@
-"""BCD boundary distillation ``L_bd`` (METHODS §2.4, ambiguity register §2.10).
+"""BCD boundary distillation ``L_bd`` (docs/methods.md §2.4, ambiguity register §2.10).
 
 Pipeline (both sides, on the ``1/8`` grid of the student's padded input):
 

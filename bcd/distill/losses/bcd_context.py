@@ -1,4 +1,4 @@
-"""BCD context distillation ``L_cd`` (METHODS §2.5, §2.10 A1/A5).
+"""BCD context distillation ``L_cd`` (docs/methods.md §2.5, §2.10 A1/A5).
 
 * Student: the shared student HFA output ``F_S`` (``bcd_hfa.py``), token-capped, then
   ``φ_S = BN(Conv1x1_{C_S→C_T}(·))``. Teacher (``TEACHER_HEAD``): ``fixed_projection`` (default,

@@ -1,4 +1,4 @@
-"""BCD per FPN level (METHODS §2.9, ``bcd_on=fpn`` [R]): the switch for detectors.
+"""BCD per FPN level (docs/methods.md §2.9, ``bcd_on=fpn`` [R]): the switch for detectors.
 
 The faithful detector BCD concatenates the backbone stages at 1/8 (``BoundaryDistillation`` /
 ``ContextDistillation`` with ``backbone.bottom_up.res2..res5``). This variant applies the same

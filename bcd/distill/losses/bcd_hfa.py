@@ -1,4 +1,4 @@
-"""BCD hierarchical feature aggregation (METHODS §2.3), shared by the boundary and context losses.
+"""BCD hierarchical feature aggregation (docs/methods.md §2.3), shared by the boundary and context losses.
 
 ``HFA``: for each level, ``ReLU(Norm(Conv1x1_{C_l→d}(F_l)))``, resized to the ``1/STRIDE`` grid of
 the padded input (bilinear up, adaptive-average-pool down, identity when equal), concatenated:
@@ -135,7 +135,7 @@ def masked_resize(z: Tensor, m: Tensor, size: Tuple[int, int]) -> Tensor:
 
 
 class IdentityHFA(nn.Module):
-    """Teacher side "identity" (METHODS §2.9, FPN variant): the teacher's features as they are,
+    """Teacher side "identity" (docs/methods.md §2.9, FPN variant): the teacher's features as they are,
     resized to the grid and concatenated (no parameters, no normalisation).
 
     Args:

@@ -1,4 +1,4 @@
-"""CIRKD: cross-image relational KD (Yang et al., CVPR 2022; METHODS §5.4).
+"""CIRKD: cross-image relational KD (Yang et al., CVPR 2022; docs/methods.md §5.4).
 
 Three terms on the final decoder embeddings (``sem_seg_head.feature``), returned as
 ``loss_kd_cirkd`` (their weighted sum: ``MINIBATCH_WEIGHT``·(i) + ``PIXEL_MEMORY_WEIGHT``·(ii) +
