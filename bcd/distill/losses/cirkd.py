@@ -19,6 +19,9 @@ Three terms on the final decoder embeddings (``sem_seg_head.feature``), returned
 The queues are plain tensors (not buffers): they are neither saved in checkpoints (CIRKD's are
 hundreds of MB) nor broadcast by DDP, and each rank fills its own (CIRKD gathers across GPUs).
 With ``MASK`` term (i) drops invalid rows and columns (CIRKD does not).
+``IMPL``: ``"fused"`` (default) computes term (i) for all pairs without the ``N×N`` matrices
+(``bcd/distill/functional/relation.py``, equal to the reference up to fp32 rounding);
+``"chunked"`` is the reference, one ``N×N`` pair at a time.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..connectors import Connector
+from ..functional.relation import relation_kl_rows
 from ._functional import masked_kl
 from .base import DistillLoss, KDContext, as_tensor_feature
 from .build import KD_LOSS_REGISTRY
@@ -36,17 +40,37 @@ from .build import KD_LOSS_REGISTRY
 __all__ = ["CIRKD", "minibatch_relation_kl"]
 
 
-def minibatch_relation_kl(fs: Tensor, ft: Tensor, valid: Tensor, tau: float) -> Tensor:
+_IMPLS = ("fused", "chunked")
+
+
+def minibatch_relation_kl(fs: Tensor, ft: Tensor, valid: Tensor, tau: float, impl: str = "fused") -> Tensor:
     """Term (i): mean over the ``B²`` ordered pairs of the mean row KL of ``S_ij``.
 
     Args:
         fs, ft: ``B×C×h×w`` student / teacher embeddings (same C).
-        valid: ``B×h×w`` bool.
+        valid: ``B×h×w`` bool (rows of image i and columns of image j; pairs where either image
+            has no valid cell are skipped).
+        tau: relation temperature.
+        impl: ``"fused"`` (all pairs at once through :func:`bcd.distill.functional.relation_kl_rows`,
+            ``O(B²·N·C)`` memory, no ``N×N`` matrix) or ``"chunked"`` (the reference: one ``N×N``
+            pair at a time with ``masked_kl``).
+
+    Raises:
+        ValueError: on an unknown ``impl``.
     """
+    if impl not in _IMPLS:
+        raise ValueError(f"KD.CIRKD.IMPL '{impl}' not in {_IMPLS}")
     B = fs.shape[0]
     xs = F.normalize(fs.float().flatten(2).transpose(1, 2), dim=2)
     xt = F.normalize(ft.float().detach().flatten(2).transpose(1, 2), dim=2)
     v = valid.flatten(1)
+    if impl == "fused":
+        i = torch.arange(B, device=xs.device).repeat_interleave(B)  # pair p = (i, j), row-major
+        j = torch.arange(B, device=xs.device).repeat(B)
+        rows = relation_kl_rows(xs[i], xs[j], xt[i], xt[j], 1.0 / tau, v[i], v[j])  # B²×N
+        keep = v[i].any(1) & v[j].any(1)
+        per_pair = (rows * v[i]).sum(1) / v[i].sum(1).clamp_min(1)
+        return (per_pair * keep).sum() / keep.sum().clamp_min(1)
     total = xs.new_zeros(())
     pairs = 0
     for i in range(B):
@@ -71,6 +95,8 @@ class CIRKD(DistillLoss):
         super().__init__(cfg, student_shapes, teacher_shapes, shared)
         if len(self.student_features) != 1:
             raise ValueError("KD.CIRKD works on one embedding: give one STUDENT/TEACHER_FEATURES name")
+        if self.node.IMPL not in _IMPLS:
+            raise ValueError(f"KD.CIRKD.IMPL '{self.node.IMPL}' not in {_IMPLS}")
         sn, tn = self.student_features[0], self.teacher_features[0]
         c_s, c_t = student_shapes[sn].channels, teacher_shapes[tn].channels
         self.connector = Connector(c_s, c_t, cfg.KD.CONNECTOR.NORM, cfg.KD.CONNECTOR.SPATIAL)
@@ -150,7 +176,7 @@ class CIRKD(DistillLoss):
             s_mb, t_mb = F.avg_pool2d(s, 2, 2, ceil_mode=True), F.avg_pool2d(t, 2, 2, ceil_mode=True)
             v_mb = F.max_pool2d(valid[:, None].float(), 2, 2, ceil_mode=True)[:, 0] > 0.5
         loss = float(self.node.MINIBATCH_WEIGHT) * minibatch_relation_kl(
-            s_mb, t_mb, v_mb, float(self.node.TEMPERATURE)
+            s_mb, t_mb, v_mb, float(self.node.TEMPERATURE), str(self.node.IMPL)
         )
         labels = self._labels(ctx, size)
         use_memory = labels is not None and self.projector is not None
