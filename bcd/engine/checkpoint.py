@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from fvcore.common.checkpoint import Checkpointer as _FvCheckpointer
@@ -30,7 +30,7 @@ from ..utils.state_dict import state_dict_mismatch  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Checkpointer", "atomic_torch_save", "deploy_model", "nonfinite_tensors"]
+__all__ = ["Checkpointer", "ConfigRecord", "atomic_torch_save", "deploy_model", "nonfinite_tensors"]
 
 
 def nonfinite_tensors(named_tensors: Iterable[Tuple[str, Any]]) -> List[str]:
@@ -98,6 +98,82 @@ def _atomic_write(path: str, write_fn) -> None:
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
     _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _load_optimizer_keeping_hyperparameters(
+    optimizer: torch.optim.Optimizer, state: Dict[str, Any], path: str
+) -> None:
+    """Restore the optimizer's per-parameter state (momentum buffers, Adam moments) from
+    ``state`` but keep the hyper-parameters of its groups (``lr``, ``initial_lr``,
+    ``weight_decay``, ``momentum``, ``betas`` ...) as built from the current config: on
+    ``--resume`` the config's values take effect (torch's ``load_state_dict`` would restore the
+    checkpoint's). Differences are logged; the LR of the current iteration is set afterwards
+    by the scheduler's ``load_state_dict``.
+    """
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    changed = []
+    for i, (group, hp) in enumerate(zip(optimizer.param_groups, fresh)):
+        for k, v in hp.items():
+            old = group.get(k)
+            if k not in ("lr", "initial_lr") and old != v:  # LRs are reported by ConfigRecord
+                changed.append(f"group {i} {k}: {old} (checkpoint) -> {v} (config)")
+            group[k] = v
+    if changed:
+        logger.warning(
+            f"Resuming from {path}: optimizer hyper-parameters differ from the checkpoint's; the "
+            f"config's values are used: {'; '.join(changed[:10])}"
+        )
+
+
+def _flatten(node: Any, prefix: str) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in node.items():
+        key = f"{prefix}.{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+class ConfigRecord:
+    """The config values that a resumed run compares with the checkpoint's (a checkpointable).
+
+    ``state_dict()`` is ``{"SOLVER.BASE_LR": 0.02, ...}`` for every key under ``nodes``; on
+    ``load_state_dict`` (``--resume``) every key whose checkpoint value differs from the current
+    config is logged as a warning, with both values. The config's values are the ones used:
+    schedules (``SOLVER.*``, ``KD.*``) are computed from the config and the iteration, the LR
+    scheduler keeps the config's base LRs and the optimizer the config's hyper-parameters.
+
+    Args:
+        cfg: the run's config.
+        nodes: top-level nodes to record (default: ``SOLVER`` and ``KD``).
+    """
+
+    def __init__(self, cfg, nodes: Sequence[str] = ("SOLVER", "KD")) -> None:
+        self.values: Dict[str, Any] = {}
+        for n in nodes:
+            if n in cfg:
+                self.values.update(_flatten(cfg[n], n))
+        self.differences: Dict[str, Tuple[Any, Any]] = {}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return dict(self.values)
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.differences = {
+            k: (state[k], v) for k, v in self.values.items() if k in state and state[k] != v
+        }
+        if self.differences:
+            lines = "\n  ".join(
+                f"{k}: {old!r} (checkpoint) -> {new!r} (config)"
+                for k, (old, new) in sorted(self.differences.items())
+            )
+            logger.warning(
+                "Resuming with config values that differ from the run that wrote the checkpoint; "
+                f"the config's values take effect from the resumed iteration on:\n  {lines}"
+            )
 
 
 class Checkpointer(_FvCheckpointer):
@@ -182,7 +258,19 @@ class Checkpointer(_FvCheckpointer):
                 raise FileNotFoundError(f"Checkpoint file not found: {path}")
             path = local
         self._loading_path = path
-        return super().load(path, checkpointables=checkpointables)
+        names = list(self.checkpointables) if checkpointables is None else list(checkpointables)
+        checkpoint = super().load(path, checkpointables=[])  # the model only
+        for key in names:  # in registration order: optimizer before scheduler
+            if key not in checkpoint:
+                continue
+            obj = self.checkpointables[key]
+            state = checkpoint.pop(key)
+            self.logger.info(f"Loading {key} from {path} ...")
+            if isinstance(obj, torch.optim.Optimizer):
+                _load_optimizer_keeping_hyperparameters(obj, state, path)
+            else:
+                obj.load_state_dict(state)
+        return checkpoint
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         try:

@@ -27,7 +27,7 @@ from ..utils.env import collect_env_info, seed_all_rng
 from ..utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardXWriter
 from ..utils.logger import setup_logger
 from . import hooks
-from .checkpoint import Checkpointer, _atomic_write
+from .checkpoint import Checkpointer, ConfigRecord, _atomic_write
 from .train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase, unwrap_model
 
 __all__ = [
@@ -252,6 +252,9 @@ class DefaultTrainer(TrainerBase):
         checkpointables: Dict[str, Any] = {"optimizer": optimizer, "scheduler": self.scheduler}
         if isinstance(self._trainer, AMPTrainer):
             checkpointables["grad_scaler"] = self._trainer.grad_scaler
+        # --resume: the config's schedule and optimizer values are used; those that differ from
+        # the checkpoint's run are logged (bcd/engine/checkpoint.py, ConfigRecord).
+        checkpointables["config"] = ConfigRecord(cfg)
         self.checkpointer = Checkpointer(unwrap_model(model), cfg.OUTPUT_DIR, **checkpointables)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER

@@ -6,6 +6,7 @@ cosine or poly) into one multiplier of the iteration fraction ``where = iter / M
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, List
 
 import torch
@@ -16,6 +17,8 @@ from fvcore.common.param_scheduler import (
     ParamScheduler,
 )
 from torch.optim.lr_scheduler import LRScheduler
+
+logger = logging.getLogger(__name__)
 
 
 class WarmupParamScheduler(CompositeParamScheduler):
@@ -85,9 +88,21 @@ class LRMultiplier(LRScheduler):
         return {"base_lrs": list(self.base_lrs), "last_epoch": self.last_epoch}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        self.base_lrs = list(state_dict["base_lrs"])
+        """Restore the iteration only. The base LRs stay those of the current config (so a
+        changed ``SOLVER.BASE_LR`` or LR multiplier takes effect on ``--resume``; a difference
+        is logged), and every group's LR is set for the restored iteration."""
+        old = [float(v) for v in state_dict.get("base_lrs", [])]
+        if old and (len(old) != len(self.base_lrs) or any(
+            abs(a - b) > 1e-12 * max(abs(a), abs(b)) for a, b in zip(old, self.base_lrs)
+        )):
+            logger.warning(
+                f"Resuming: the checkpoint's base LRs {old} differ from the config's "
+                f"{list(self.base_lrs)}; the config's are used"
+            )
         self.last_epoch = int(state_dict["last_epoch"])
         self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr
 
     def get_lr(self) -> List[float]:
         # After the last iteration's step() where reaches 1.0; clamp so the schedule is defined.
