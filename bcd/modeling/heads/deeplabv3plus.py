@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..backbone.backbone import ShapeSpec
 from .build import SEM_SEG_HEAD_REGISTRY
-from .common import conv_norm_act, init_predictor
+from .common import conv_norm_act, init_predictor, pooled_conv_norm_act
 
 __all__ = ["ASPP", "DeepLabV3PlusHead"]
 
@@ -20,7 +20,8 @@ class _ImagePooling(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, norm: str) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.conv = conv_norm_act(in_channels, out_channels, 1, norm)
+        # PooledBatchNorm2d with BN: one image per process is one value per channel here.
+        self.conv = pooled_conv_norm_act(in_channels, out_channels, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         """``B×C×h×w`` -> ``B×out×h×w`` (constant over space)."""

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..backbone.backbone import ShapeSpec
 from .build import SEM_SEG_HEAD_REGISTRY
-from .common import conv_norm_act, init_predictor
+from .common import conv_norm_act, init_predictor, pooled_conv_norm_act
 
 __all__ = ["PyramidPoolingModule", "PSPHead"]
 
@@ -19,13 +19,14 @@ class PyramidPoolingModule(nn.Module):
 
     Output: ``B×(C + len(bins)·reduction)×h×w``: the input followed by one ``reduction``-channel
     map per bin (the original PSPNet / APD / Structured-KD code uses ``reduction = C / len(bins)``).
+    The bins' norms are ``PooledBatchNorm2d`` with BN, so bin 1 trains with one image per process.
     """
 
     def __init__(self, in_channels: int, bins: Sequence[int], reduction: int, norm: str) -> None:
         super().__init__()
         self.bins = list(bins)
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b), conv_norm_act(in_channels, reduction, 1, norm))
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), pooled_conv_norm_act(in_channels, reduction, norm))
             for b in self.bins
         )
         self.out_channels = in_channels + reduction * len(self.bins)
