@@ -176,6 +176,14 @@ _C.MODEL.D2_INPUT_FORMAT = "BGR"
 # ---------------------------------------------------------------------------------------------
 _C.INPUT = CN()
 _C.INPUT.FORMAT = "RGB"
+# --- high-bit-depth images (issue 9; bcd/data/io.py, IntensityScaling) ---
+# 16-bit PNG / TIFF, 32-bit integer or float images: "none" refuses them (error naming the file
+# and its mode); "fixed" maps INTENSITY_RANGE [lo, hi] linearly to [0, 255] (clipped);
+# "minmax" maps each image's own min..max to [0, 255]. The result stays float32 (full
+# precision). 8-bit images are read unchanged whatever this says.
+_C.INPUT.INTENSITY_SCALING = "none"
+_C.INPUT.INTENSITY_RANGE = [0.0, 65535.0]
+# --- end high-bit-depth images ---
 # MAPPER_REGISTRY entry turning a dataset dict into model input ("SemSegDatasetMapper",
 # "DetectionDatasetMapper", ...)
 _C.INPUT.DATASET_MAPPER_NAME = "SemSegDatasetMapper"

@@ -178,7 +178,11 @@ class ColorJitter:
         )
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        """``uint8``, or ``float32`` in ``[0, 255]`` (high-bit-depth images, bcd/data/io.py), in
+        and out."""
         t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        if t.is_floating_point():  # torchvision's float convention is [0, 1]
+            return (self._jitter(t / 255.0) * 255.0).permute(1, 2, 0).numpy()
         return self._jitter(t).permute(1, 2, 0).numpy()
 
 

@@ -10,7 +10,9 @@ a trainer directly). It
 2. checks the model's class count against the class list in each dataset's metadata
    (``stuff_classes`` / ``thing_classes``), through ``CLASS_COUNT_KEYS``: one entry per
    meta-architecture naming the config key of its class count;
-3. for models with an ignore value, checks it against each dataset's ``ignore_label``.
+3. for models with an ignore value, checks it against each dataset's ``ignore_label``;
+4. reads the first image of each custom dataset with ``INPUT.INTENSITY_SCALING`` (a
+   high-bit-depth dataset without a scaling rule is refused, naming the file and its mode).
 
 Every failure is a ``ValueError`` naming the config key, the dataset and both values, raised
 before any model is built. A meta-architecture without an entry in ``CLASS_COUNT_KEYS`` is not
@@ -35,7 +37,8 @@ class ClassCountKey:
     """How a meta-architecture's class count is configured.
 
     Attributes:
-        num_classes_key: dotted config key of the class count (``"MODEL.RETINANET.NUM_CLASSES"``).
+        num_classes_key: dotted config key of the class count (``"MODEL.RETINANET.NUM_CLASSES"``);
+            ``""`` for a model whose class count is fixed (nothing to check).
         metadata_field: the metadata field listing the dataset's classes (``"stuff_classes"`` for
             semantic segmentation, ``"thing_classes"`` for detection / instances).
         ignore_value_key: dotted config key of the label value the model ignores, checked against
@@ -55,6 +58,10 @@ CLASS_COUNT_KEYS: Dict[str, ClassCountKey] = {
     ),
     "RetinaNet": ClassCountKey("MODEL.RETINANET.NUM_CLASSES", "thing_classes"),
     "GFL": ClassCountKey("MODEL.GFL.NUM_CLASSES", "thing_classes"),
+    "CascadeMaskRCNN": ClassCountKey("MODEL.ROI_HEADS.NUM_CLASSES", "thing_classes"),
+    "MaskRCNN": ClassCountKey("MODEL.ROI_HEADS.NUM_CLASSES", "thing_classes"),
+    # salient / camouflaged object segmentation: one foreground class, nothing to configure
+    "ObjectSegmentor": ClassCountKey("", "thing_classes"),
 }
 
 
@@ -97,6 +104,8 @@ def check_class_counts(cfg, dataset_names: Sequence[str]) -> None:
             f"CLASS_COUNT_KEYS: its class count is not checked against the datasets "
             f"(add one with register_class_count_key)"
         )
+        return
+    if not spec.num_classes_key:
         return
     num_classes = int(_get_key(cfg, spec.num_classes_key))
     for name in dataset_names:
@@ -146,4 +155,25 @@ def validate_run(cfg, splits: Iterable[str] = ("TRAIN", "TEST")) -> None:
             if name not in names:
                 names.append(name)
     check_class_counts(cfg, names)
+    check_custom_images(cfg, names)
+
+
+def check_custom_images(cfg, dataset_names: Sequence[str]) -> None:
+    """Read the first image of each dataset of ``DATASETS.CUSTOM`` among ``dataset_names`` with
+    the configured ``INPUT.INTENSITY_SCALING``, so a high-bit-depth dataset without a scaling
+    rule (or with an invalid ``INPUT.INTENSITY_RANGE``) is refused before training, naming the
+    file and its mode. Builtin datasets are 8-bit and not read here; a later image of another
+    kind fails when the loader reads it, naming the file.
+    """
+    from ..data.catalog import DatasetCatalog
+    from ..data.io import IntensityScaling, read_image
+
+    scaling = IntensityScaling.from_config(cfg)
+    custom = {dict(e).get("NAME") for e in cfg.DATASETS.CUSTOM}
+    for name in dataset_names:
+        if name not in custom:
+            continue
+        dicts = DatasetCatalog.get(name)
+        if dicts:
+            read_image(dicts[0]["file_name"], scaling=scaling)
 

@@ -21,15 +21,17 @@ from ..detection_transforms import (
     Transform,
     apply_augmentations,
 )
+from ..io import IntensityScaling
 
 __all__ = ["DetectionDatasetMapper", "annotations_to_instances"]
 
 
-def _read_image(file_name: str) -> np.ndarray:
-    """``H×W×3`` uint8 RGB; an unreadable file raises naming it."""
+def _read_image(file_name: str, scaling: Optional[IntensityScaling] = None) -> np.ndarray:
+    """``H×W×3`` RGB: uint8, or float32 in [0, 255] for high-bit-depth files scaled by
+    ``scaling`` (``INPUT.INTENSITY_SCALING``); an unreadable file raises naming it."""
     from ..io import read_image
 
-    return read_image(file_name, format="RGB")
+    return read_image(file_name, format="RGB", scaling=scaling)
 
 
 def _transform_annotation(
@@ -112,6 +114,7 @@ class DetectionDatasetMapper:
         if use_masks is None:
             use_masks = bool(cfg.MODEL.MASK_ON) and is_train
         self.use_masks = use_masks
+        self.intensity_scaling = IntensityScaling.from_config(cfg)  # high-bit-depth images
         if is_train:
             self.augs = [
                 ResizeShortestEdge(
@@ -131,7 +134,7 @@ class DetectionDatasetMapper:
         d = copy.deepcopy(dataset_dict)
         if rng is None:
             rng = np.random.default_rng(np.random.randint(0, 2**31 - 1))
-        img = _read_image(d["file_name"])
+        img = _read_image(d["file_name"], self.intensity_scaling)
         if img.shape[:2] != (d["height"], d["width"]):
             raise ValueError(
                 f"Image '{d['file_name']}' is {img.shape[1]}x{img.shape[0]} (WxH) but its "

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..build import MAPPER_REGISTRY
-from ..io import read_image, read_sem_seg
+from ..io import IntensityScaling, read_image, read_sem_seg
 from ..transforms import ColorJitter, SemSegAugmentation, resize_to_base
 
 __all__ = ["SemSegDatasetMapper", "check_sem_seg_label"]
@@ -40,7 +40,8 @@ class SemSegDatasetMapper:
     Test: no augmentation; the image is resized to fit ``INPUT.BASE_SIZE`` (aspect ratio kept;
     ``-1`` keeps it as it is) and the label stays at the original size, for evaluation there.
 
-    Returns a dict with ``"image"`` (``uint8`` ``3×H×W`` RGB tensor), ``"sem_seg"`` (``int64``
+    Returns a dict with ``"image"`` (``3×H×W`` RGB tensor: ``uint8``, or ``float32`` in
+    ``[0, 255]`` for high-bit-depth files scaled by ``INPUT.INTENSITY_SCALING``), ``"sem_seg"`` (``int64``
     ``H×W``; training: the size of ``"image"``; test: the original size; absent when the dataset
     dict has no ``sem_seg_file_name``), ``"height"``, ``"width"`` (original size),
     ``"file_name"``, ``"image_id"``.
@@ -49,6 +50,8 @@ class SemSegDatasetMapper:
     def __init__(self, cfg, is_train: bool = True):
         self.is_train = is_train
         self.image_format = cfg.INPUT.FORMAT
+        # High-bit-depth images: INPUT.INTENSITY_SCALING (bcd/data/io.py)
+        self.intensity_scaling = IntensityScaling.from_config(cfg)
         self.ignore_value = int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
         self.num_classes = int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
         self.base_size = list(cfg.INPUT.BASE_SIZE)
@@ -73,7 +76,10 @@ class SemSegDatasetMapper:
         ``image_id``) to the model input. Errors name the file that caused them."""
         file_name = dataset_dict["file_name"]
         # The model normalises RGB; "BGR" in INPUT.FORMAT is honoured for models trained so.
-        image = read_image(file_name, format="BGR" if self.image_format == "BGR" else "RGB")
+        image = read_image(
+            file_name, format="BGR" if self.image_format == "BGR" else "RGB",
+            scaling=self.intensity_scaling,
+        )
         h, w = image.shape[:2]
         if "height" in dataset_dict and (dataset_dict["height"], dataset_dict["width"]) != (h, w):
             raise ValueError(
