@@ -22,10 +22,10 @@ from PIL import Image
 
 from ..data.catalog import MetadataCatalog
 from ..utils import comm
-from .evaluator import EVALUATOR_TYPES
+from .evaluator import EVALUATOR_TYPES, DatasetEvaluator
 from .sem_seg_evaluation import SemSegEvaluator
 
-__all__ = ["CityscapesSemSegEvaluator", "train_id_to_label_id"]
+__all__ = ["CityscapesSemSegEvaluator", "CityscapesInstanceEvaluator", "train_id_to_label_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,3 +191,153 @@ def _build_cityscapes_evaluator(cfg, dataset_name: str, output_dir: Optional[str
 
 
 EVALUATOR_TYPES["cityscapes_sem_seg"] = _build_cityscapes_evaluator
+
+
+class CityscapesInstanceEvaluator(DatasetEvaluator):
+    """Cityscapes instance-segmentation AP with ``cityscapesscripts``' official evaluation
+    (``evalInstanceLevelSemanticLabeling``), as Detectron2's evaluator of the same name.
+
+    Each prediction is written as Cityscapes expects (a ``<stem>_pred.txt`` listing one binary
+    PNG per instance with its label id and score) under ``<output_dir>/cityscapes_instance``
+    (a temporary folder when ``output_dir`` is None); the main process scores them against the
+    ``*_gtFine_instanceIds.png`` of the evaluated images. The official code writes
+    ``matches.json`` into the current directory and caches the ground truth in
+    ``gtInstances.json`` beside its own source: both go into that folder here.
+
+    Returns ``{"segm": {"AP": ..., "AP50": ..., "AP-<class>": ...}}`` in percent.
+    """
+
+    def __init__(self, dataset_name: str, output_dir: Optional[str] = None) -> None:
+        meta = MetadataCatalog.get(dataset_name)
+        self.dataset_name = dataset_name
+        self.thing_classes = list(meta.get("thing_classes"))
+        gt_dir = meta.get("gt_dir")
+        if not gt_dir:
+            raise KeyError(f"CityscapesInstanceEvaluator: dataset '{dataset_name}' has no gt_dir in its metadata")
+        if not os.path.isabs(gt_dir):
+            from ..data.datasets import get_datasets_root
+
+            gt_dir = os.path.join(get_datasets_root(), gt_dir)
+        self.gt_dir = gt_dir
+        self._fixed_dir = os.path.join(output_dir, "cityscapes_instance") if output_dir else None
+        self.reset()
+
+    def reset(self) -> None:
+        self._dir = self._fixed_dir
+        self._gt_files: List[str] = []
+
+    def _label_ids(self) -> List[int]:
+        from cityscapesscripts.helpers.labels import name2label
+
+        return [name2label[n].id for n in self.thing_classes]
+
+    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
+        """Write each image's instances (``pred_masks`` at the original size) in Cityscapes' format."""
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="cityscapes_inst_")
+        os.makedirs(self._dir, exist_ok=True)
+        label_ids = self._label_ids()
+        for inp, out in zip(inputs, outputs):
+            name = os.path.basename(inp["file_name"])
+            if not name.endswith("_leftImg8bit.png"):
+                raise ValueError(f"CityscapesInstanceEvaluator: '{inp['file_name']}' is not a *_leftImg8bit.png")
+            stem = name[: -len("_leftImg8bit.png")]
+            city = stem.split("_")[0]
+            self._gt_files.append(os.path.join(self.gt_dir, city, stem + "_gtFine_instanceIds.png"))
+            inst = out["instances"].to("cpu")
+            lines = []
+            if len(inst):
+                if not inst.has("pred_masks"):
+                    raise ValueError("CityscapesInstanceEvaluator needs pred_masks (MODEL.MASK_ON)")
+                masks = inst.pred_masks.numpy().astype(np.uint8)
+                for i, (c, s) in enumerate(zip(inst.pred_classes.tolist(), inst.scores.tolist())):
+                    png = f"{stem}_{i}_{self.thing_classes[c]}.png"
+                    Image.fromarray(masks[i] * 255).save(os.path.join(self._dir, png))
+                    lines.append(f"{png} {label_ids[c]} {float(s)}\n")
+            with open(os.path.join(self._dir, stem + "_pred.txt"), "w") as f:
+                f.writelines(lines)
+
+    def evaluate(self) -> "OrderedDict[str, Dict[str, float]]":
+        gt_files = [g for part in comm.gather(self._gt_files, dst=0) for g in part]
+        comm.synchronize()
+        try:
+            if not comm.is_main_process():
+                return OrderedDict()
+            if not gt_files:
+                logger.warning("CityscapesInstanceEvaluator: no prediction to evaluate")
+                return OrderedDict()
+            res = run_cityscapes_instance_eval(self._dir, gt_files)
+            out = {"AP": res["allAp"] * 100, "AP50": res["allAp50%"] * 100}
+            for name in self.thing_classes:
+                ap = res["classes"][name]["ap"]
+                out[f"AP-{name}"] = float(ap) * 100 if ap == ap and ap >= 0 else float("nan")
+            return OrderedDict({"segm": {k: float(v) for k, v in out.items()}})
+        finally:
+            comm.synchronize()
+            if self._fixed_dir is None and self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                self._dir = None
+
+
+def run_cityscapes_instance_eval(pred_dir: str, gt_instance_files: List[str]) -> Dict[str, Any]:
+    """Score the ``*_pred.txt`` files of ``pred_dir`` against ``gt_instance_files`` with
+    ``cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling.evaluateImgLists``.
+
+    Its global ``args`` are set for the call and restored after; ``matches.json`` and the
+    ground-truth cache ``gtInstances.json`` are written into ``pred_dir`` (the official code
+    writes them into the current directory / its install folder). Returns its ``averages``
+    (``allAp``, ``allAp50%``, ``classes``; fractions).
+    """
+    import json as _json
+
+    from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as cs_inst
+
+    missing = [g for g in gt_instance_files if not os.path.isfile(g)]
+    if missing:
+        raise FileNotFoundError(
+            f"Cityscapes ground truth '{missing[0]}' does not exist ({len(missing)} missing); create the "
+            "*_gtFine_instanceIds.png files with cityscapesscripts' createTrainIdInstanceImgs / json2instanceImg")
+    pred_dir = os.path.abspath(pred_dir)
+    saved = dict(vars(cs_inst.args))
+    cwd = os.getcwd()
+    orig_write = cs_inst.writeDict2JSON
+
+    def _write(d, file_name):  # the official writer fails on numpy integers (quirk)
+        with open(file_name, "w") as f:
+            f.write(_json.dumps(d, default=lambda o: o.item() if hasattr(o, "item") else o.__dict__,
+                                sort_keys=True, indent=4))
+
+    try:
+        cs_inst.args.predictionPath = pred_dir
+        cs_inst.args.predictionWalk = None
+        cs_inst.args.JSONOutput = False
+        cs_inst.args.colorized = False
+        cs_inst.args.quiet = True
+        cs_inst.args.gtInstancesFile = os.path.join(pred_dir, "gtInstances.json")
+        if os.path.isfile(cs_inst.args.gtInstancesFile):
+            os.remove(cs_inst.args.gtInstancesFile)  # never reuse another image list's cache
+        preds = [cs_inst.getPrediction(g, cs_inst.args) for g in gt_instance_files]
+        os.chdir(pred_dir)  # matches.json lands here
+        cs_inst.writeDict2JSON = _write
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # np.in1d (numpy >= 2.0)
+                out = cs_inst.evaluateImgLists(preds, list(gt_instance_files), cs_inst.args)
+        except SystemExit as e:
+            raise RuntimeError("cityscapesscripts' instance evaluation rejected the files (message above)") from e
+    finally:
+        cs_inst.writeDict2JSON = orig_write
+        os.chdir(cwd)
+        for k in list(vars(cs_inst.args)):
+            if k not in saved:
+                delattr(cs_inst.args, k)
+        for k, v in saved.items():
+            setattr(cs_inst.args, k, v)
+    return out["averages"]
+
+
+def _build_cityscapes_instance_evaluator(cfg, dataset_name: str, output_dir: Optional[str]):
+    return CityscapesInstanceEvaluator(dataset_name, output_dir)
+
+
+EVALUATOR_TYPES["cityscapes_instance"] = _build_cityscapes_instance_evaluator

@@ -59,4 +59,5 @@ def register_from_config(cfg, splits: Iterable[str] = ("TRAIN", "TEST")) -> None
 # Task modules register their builtin datasets and their CUSTOM_DATASET_TYPES entry on import.
 from . import builtin_sem_seg, demo, sem_seg  # noqa: E402,F401
 from . import builtin_coco, coco, demo_coco  # noqa: E402,F401
+from . import cityscapes_instance  # noqa: E402,F401  (issue 11)
 from . import object_seg, demo_object_seg  # noqa: E402,F401
