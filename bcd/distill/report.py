@@ -27,6 +27,7 @@ __all__ = [
     "count_params",
     "format_report",
     "read_metrics",
+    "write_kd_pictures",
     "write_kd_report",
 ]
 
@@ -155,6 +156,142 @@ def write_kd_report(
         md.append("Gain of distillation (KD − no KD): " + ", ".join(
             f"{k} {v:+.2f}" for k, v in rep["gain"].items()))
     md.append(f"\nFLOPs (fvcore, multiply-adds) of one {size[0]}×{size[1]} input.")
+    pictures = write_kd_pictures(cfg, distiller, out_dir)
+    rep["pictures"] = pictures
+    if "curves" in pictures:
+        md += ["", "## Training curves", "", f"![training curves]({pictures['curves']})"]
+    if "predictions" in pictures:
+        md += ["", "## Predictions on one test image", "", f"![predictions]({pictures['predictions']})"]
+    if "signals" in pictures:
+        md += ["", "## Distillation signals of that image", "",
+               "Teacher's and student's BCD boundary maps, and one pixel's context-relation row "
+               "(circled) of each.", "", f"![BCD signals]({pictures['signals']})"]
+    with open(os.path.join(out_dir, "kd_report.json"), "w") as f:
+        json.dump(rep, f, indent=2)
     with open(os.path.join(out_dir, "kd_report.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     return rep
+
+
+# ------------------------------------------------------------------ pictures
+def _first_test_input(cfg) -> Optional[Tuple[Dict[str, Any], Any, Any]]:
+    """``(model input, dataset dict, metadata)`` of the first image of ``DATASETS.TEST[0]``, or
+    None when there is no test set."""
+    from bcd.data import DatasetCatalog, MetadataCatalog
+    from bcd.data.build import build_mapper
+
+    if not cfg.DATASETS.TEST:
+        return None
+    name = cfg.DATASETS.TEST[0]
+    dicts = DatasetCatalog.get(name)
+    if not dicts:
+        return None
+    d = dict(dicts[0])
+    gt_file = d.pop("sem_seg_file_name", None)
+    d.pop("annotations", None)
+    inp = build_mapper(cfg, is_train=False)(d)
+    return inp, {**dicts[0], "sem_seg_file_name": gt_file}, MetadataCatalog.get(name)
+
+
+def _baseline_student(cfg, like: nn.Module) -> Optional[nn.Module]:
+    """The plain student of ``KD.BASELINE_OUTPUT_DIR/model_final.pth`` (same architecture as
+    ``like``), or None when there is none that fits."""
+    import copy
+
+    import torch
+
+    path = os.path.join(cfg.KD.BASELINE_OUTPUT_DIR, "model_final.pth") if cfg.KD.BASELINE_OUTPUT_DIR else ""
+    if not path or not os.path.isfile(path):
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    model = copy.deepcopy(like)
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError) as e:
+        logger.warning("kd_report: baseline weights %s do not fit the student: %s", path, e)
+        return None
+    return model.eval()
+
+
+def write_kd_pictures(cfg, distiller: Optional[nn.Module], out_dir: str) -> Dict[str, str]:
+    """The report's pictures in ``out_dir``, as file names relative to it:
+
+    * ``curves``: ``kd_curves.png``, training curves of ``OUTPUT_DIR/metrics.json`` (task and KD
+      losses, KD weights, τ, evaluation metrics; ``bcd.utils.visualizer.plot_training_curves``);
+    * ``predictions``: ``kd_predictions.png``, the first test image, its ground truth, the
+      teacher's, the plain student's (``KD.BASELINE_OUTPUT_DIR/model_final.pth``, when present)
+      and the distilled student's predictions;
+    * ``signals``: ``kd_signals.png``, the BCD signals of that image (``bcd/distill/signals.py``),
+      when ``KD.LOSSES`` has a BCD loss.
+
+    A picture that cannot be made is left out with a warning: the report's numbers never depend
+    on the pictures.
+    """
+    import torch
+
+    from bcd.utils.visualizer import Panel, plot_training_curves, save_panel_grid
+
+    out: Dict[str, str] = {}
+    metrics = os.path.join(out_dir, "metrics.json")
+    if os.path.isfile(metrics):
+        try:
+            plot_training_curves(metrics, os.path.join(out_dir, "kd_curves.png"), title=", ".join(cfg.KD.LOSSES))
+            out["curves"] = "kd_curves.png"
+        except Exception as e:  # noqa: BLE001 - a picture is never worth a failed report
+            logger.warning("kd_report: no training curves (%s)", e)
+    if distiller is None:
+        return out
+    try:
+        first = _first_test_input(cfg)
+    except Exception as e:  # noqa: BLE001
+        logger.warning("kd_report: no test image for the pictures (%s)", e)
+        first = None
+    if first is None:
+        return out
+    inp, d, meta = first
+    try:
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(d["file_name"]) as im:
+            image = np.asarray(im.convert("RGB"))
+        names = list(meta.get("stuff_classes", None) or [])
+        colors = [tuple(c) for c in (meta.get("stuff_colors", None) or [])]
+        fields = dict(class_names=names, colors=colors, ignore_label=int(meta.get("ignore_label", 255)))
+        row = [Panel("image", "image", image=image)]
+        if d.get("sem_seg_file_name"):
+            with Image.open(d["sem_seg_file_name"]) as lab:
+                row.append(Panel("ground truth", "sem_seg", image=image, labels=np.asarray(lab), **fields))
+        models = [("teacher", distiller.teacher), ("student (no KD)", _baseline_student(cfg, distiller.student)),
+                  ("student (KD)", distiller.student)]
+        was = distiller.training
+        distiller.eval()
+        try:
+            for label, m in models:
+                if m is None:
+                    continue
+                with torch.no_grad():
+                    o = m([inp])[0]
+                if "sem_seg" not in o:
+                    row = []  # detection pictures: tools/visualize.py
+                    break
+                row.append(Panel(label, "sem_seg", image=image, labels=o["sem_seg"].argmax(0).cpu().numpy(), **fields))
+        finally:
+            distiller.train(was)
+        if row:
+            save_panel_grid([row], os.path.join(out_dir, "kd_predictions.png"))
+            out["predictions"] = "kd_predictions.png"
+    except Exception as e:  # noqa: BLE001
+        logger.warning("kd_report: no prediction picture (%s)", e)
+    try:
+        from .signals import bcd_signals, signal_panels
+
+        sig = bcd_signals(distiller, [inp])
+        save_panel_grid([signal_panels(sig, inp["image"])], os.path.join(out_dir, "kd_signals.png"))
+        out["signals"] = "kd_signals.png"
+    except ValueError:
+        pass  # no BCD loss in this run
+    except Exception as e:  # noqa: BLE001
+        logger.warning("kd_report: no BCD signal picture (%s)", e)
+    return out
