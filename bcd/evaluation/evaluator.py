@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
+import sys
 import time
 from collections import OrderedDict, abc
 from contextlib import ExitStack, contextmanager
@@ -74,6 +76,28 @@ def inference_context(model: nn.Module):
         model.train(training)
 
 
+#: Environment variable: "1" forces the inference progress bar, "0" hides it (default: shown on
+#: the main process when stderr is a terminal; the log line every 5 s is always written).
+PROGRESS_ENV = "BCD_PROGRESS"
+
+
+@contextmanager
+def _progress_bar(total: Optional[int]):
+    """A tqdm bar over the batches on the main process (see :data:`PROGRESS_ENV`), else None."""
+    flag = os.environ.get(PROGRESS_ENV, "").strip()
+    show = flag == "1" or (flag != "0" and sys.stderr.isatty())
+    if not show or not comm.is_main_process():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="inference", unit="batch", mininterval=1.0, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
 def inference_on_dataset(
     model: Union[nn.Module, Callable[[List[dict]], List[dict]]],
     data_loader: Iterable[List[dict]],
@@ -106,6 +130,7 @@ def inference_on_dataset(
         if isinstance(model, nn.Module):
             stack.enter_context(inference_context(model))
         stack.enter_context(torch.no_grad())
+        bar = stack.enter_context(_progress_bar(total))
         for idx, inputs in enumerate(data_loader):
             if idx == num_warmup:
                 start_time = time.perf_counter()
@@ -117,9 +142,16 @@ def inference_on_dataset(
             total_compute_time += time.perf_counter() - start_compute
             evaluator.process(inputs, outputs)
             n = idx + 1
+            if bar is not None:
+                bar.update(1)
             if time.perf_counter() - last_log > 5 or (total is not None and n == total):
                 last_log = time.perf_counter()
-                logger.info(f"Inference done {n}/{total if total is not None else '?'}")
+                # Detectron2's progress line (log files too): rate and ETA after the warm-up
+                per = (time.perf_counter() - start_time) / max(n - num_warmup, 1) if n > num_warmup else None
+                eta = (f", {per:.4f} s / batch, ETA "
+                       f"{datetime.timedelta(seconds=int(per * (total - n)))}"
+                       if per is not None and total is not None else "")
+                logger.info(f"Inference done {n}/{total if total is not None else '?'}{eta}")
 
     timed = max(n - num_warmup, 1)
     total_time = time.perf_counter() - start_time
