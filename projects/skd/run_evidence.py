@@ -179,6 +179,17 @@ def main() -> None:
                 cells.append(f"{ci['mean']:+.4f} [{ci['lo']:+.4f}, {ci['hi']:+.4f}] {ci['verdict']}"
                              if ci["lo"] is not None else f"{ci['mean']:+.4f}")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        if "skd" in args.methods and "byot" in args.methods:
+            # the paper's second claim: SKD beats the self-distillation baselines (BYOT here)
+            cells, table[task]["skd-byot"] = [], {}
+            for k in METRICS:
+                diffs = [results[(task, "skd", s)][k] - results[(task, "byot", s)][k] for s in seeds]
+                ci = t_interval(diffs)
+                ci["verdict"] = verdict(ci, lower_is_better=k.endswith("MAE"))
+                table[task]["skd-byot"][k] = dict(ci, diffs=diffs)
+                cells.append(f"{ci['mean']:+.4f} [{ci['lo']:+.4f}, {ci['hi']:+.4f}] {ci['verdict']}"
+                             if ci["lo"] is not None else f"{ci['mean']:+.4f}")
+            lines.append("| skd − byot | " + " | ".join(cells) + " |")
         lines.append("")
     walls = {}
     for t, m, s in jobs:
