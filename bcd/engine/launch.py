@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from datetime import timedelta
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -17,7 +18,14 @@ from ..utils import comm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_TIMEOUT", "launch", "find_free_port", "started_by_torchrun"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "find_free_port",
+    "first_slurm_host",
+    "launch",
+    "slurm_environment",
+    "started_by_torchrun",
+]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 
@@ -33,6 +41,70 @@ def started_by_torchrun() -> bool:
     """True when ``torchrun`` (or another launcher) set ``RANK`` / ``WORLD_SIZE`` /
     ``LOCAL_RANK`` / ``MASTER_ADDR`` for this process."""
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: ``"gpu[03-05,09],cpu1"`` -> ``"gpu03"``,
+    ``"a1,a2"`` -> ``"a1"`` (what ``scontrol show hostnames`` prints first).
+
+    Raises:
+        ValueError: for an empty list.
+    """
+    nodelist = nodelist.strip()
+    if not nodelist:
+        raise ValueError("SLURM_JOB_NODELIST is empty")
+    m = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?", nodelist)
+    prefix, ranges = m.group(1), m.group(2)
+    if ranges is None:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]  # zero padding kept: "03" stays "03"
+    return prefix + first
+
+
+def slurm_environment(env: Mapping[str, str]) -> Optional[Dict[str, str]]:
+    """torchrun's variables for a process started by ``srun`` (one task per GPU), or None when
+    this is no multi-task SLURM job step (then ``--num-gpus`` / torchrun apply as usual).
+
+    Reads ``SLURM_PROCID`` (global rank), ``SLURM_STEP_NUM_TASKS`` (else ``SLURM_NTASKS``; the
+    world size), ``SLURM_LOCALID`` (rank on the node), ``SLURM_STEP_TASKS_PER_NODE`` /
+    ``SLURM_TASKS_PER_NODE`` (processes per node: ``"4(x2)"`` or ``"4,4"``), and
+    ``MASTER_ADDR`` / ``MASTER_PORT`` when set, else the first host of ``SLURM_STEP_NODELIST`` /
+    ``SLURM_JOB_NODELIST`` and port ``29500 + SLURM_JOB_ID % 10000`` (one port per job).
+    Only inside a job *step* (``SLURM_STEP_ID`` set, as under srun): a batch script running
+    python directly is one process, whatever ``SLURM_NTASKS`` says.
+
+    Returns:
+        ``{"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}``.
+
+    Raises:
+        ValueError: naming the variable when one is malformed or missing.
+    """
+    if "SLURM_PROCID" not in env or "SLURM_STEP_ID" not in env:
+        return None
+    world = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS")
+    if world is None:
+        return None
+    try:
+        world_size = int(world)
+        rank = int(env["SLURM_PROCID"])
+        local_rank = int(env.get("SLURM_LOCALID", "0"))
+    except ValueError as e:
+        raise ValueError(f"Malformed SLURM task variables: {e}") from e
+    if world_size <= 1:
+        return None
+    per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or str(world_size)
+    m = re.match(r"\s*(\d+)", per_node)
+    if m is None:
+        raise ValueError(f"SLURM_TASKS_PER_NODE '{per_node}' is not '<n>(x<nodes>)' or '<n>,...'")
+    addr = env.get("MASTER_ADDR")
+    if not addr:
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+        if not nodelist:
+            raise ValueError("A SLURM job step without MASTER_ADDR nor SLURM_JOB_NODELIST")
+        addr = first_slurm_host(nodelist)
+    port = env.get("MASTER_PORT") or str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 10000)
+    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": m.group(1), "MASTER_ADDR": addr, "MASTER_PORT": port}
 
 
 def _backend(use_cuda: bool) -> str:
@@ -52,6 +124,8 @@ def launch(
 
     * Under ``torchrun`` (``RANK`` etc. in the environment) this process joins the group given
       by the environment (``env://``) and runs ``main_func``; the other arguments are ignored.
+      A process started by ``srun`` in a multi-task SLURM job step is treated the same way,
+      with torchrun's variables derived from SLURM's (:func:`slurm_environment`).
     * Else, with ``num_machines * num_gpus_per_machine > 1``, it starts ``num_gpus_per_machine``
       processes on this machine (spawn) with global ranks ``machine_rank * num_gpus_per_machine
       + i``. With CUDA they use NCCL and one GPU each (asking for more GPUs than the machine
@@ -72,6 +146,11 @@ def launch(
         ``main_func``'s return value when it runs in this process (single process or torchrun);
         None after spawning.
     """
+    if not started_by_torchrun():
+        slurm = slurm_environment(os.environ)
+        if slurm is not None:  # one process per task started by srun: torchrun's variables
+            logger.info("SLURM job step: %s", " ".join(f"{k}={v}" for k, v in sorted(slurm.items())))
+            os.environ.update(slurm)
     if started_by_torchrun():
         return _run_under_torchrun(main_func, args, timeout)
 
