@@ -221,7 +221,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                     help=f"comma-separated arms of {sorted(ARMS)} ('plain' is always run)")
     ap.add_argument("--jobs", type=int, default=1, help="students trained at a time (1 thread each if > 1)")
     ap.add_argument("--output-dir", default="output/demo_run")
-    ap.add_argument("--teacher-iters", type=int, default=0, help="override the teacher's SOLVER.MAX_ITER")
+    ap.add_argument("--teacher-iters", type=int, default=0,
+                    help="override the teacher's SOLVER.MAX_ITER (the --*-iters options also cap "
+                         "SOLVER.WARMUP_ITERS at half the run)")
     ap.add_argument("--warm-iters", type=int, default=0, help="override the warm start's SOLVER.MAX_ITER")
     ap.add_argument("--student-iters", type=int, default=0, help="override the arms' SOLVER.MAX_ITER")
     ap.add_argument("--reuse", action="store_true",
@@ -246,9 +248,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     seeds = list(range(args.start_seed, args.start_seed + args.seeds))
 
     teacher_dir, warm_dir = os.path.join(out, "teacher"), os.path.join(out, "warm_start")
-    it = lambda n: ["SOLVER.MAX_ITER", str(n)] if n else []  # noqa: E731
+    def it(n: int, config: str = WARM) -> List[str]:
+        """Override SOLVER.MAX_ITER; a short run also gets a warm-up of at most half of it."""
+        if not n:
+            return []
+        from bcd.config import get_cfg
+
+        cfg = get_cfg()
+        cfg.merge_from_file(os.path.join(ROOT, config))
+        return ["SOLVER.MAX_ITER", str(n), "SOLVER.WARMUP_ITERS", str(min(cfg.SOLVER.WARMUP_ITERS, n // 2))]
+
     # Teacher and warm start do not depend on each other: run them side by side with --jobs 2.
-    stage1 = run_all([("teacher", TEACHER, teacher_dir, it(args.teacher_iters)),
+    stage1 = run_all([("teacher", TEACHER, teacher_dir, it(args.teacher_iters, TEACHER)),
                       ("warm_start", WARM, warm_dir, ["SEED", "0", *it(args.warm_iters)])],
                      out, min(2, args.jobs))
     t_met = stage1["teacher"]
@@ -258,7 +269,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     for seed in seeds:
         for arm in arms:
             config, extra, _ = ARMS[arm]
-            opts = ["MODEL.WEIGHTS", warm_w, "SEED", str(seed), *it(args.student_iters), *extra]
+            opts = ["MODEL.WEIGHTS", warm_w, "SEED", str(seed), *it(args.student_iters, config), *extra]
             if arm != "plain":
                 opts += ["KD.TEACHER.WEIGHTS", teacher_w, "KD.TEACHER_OUTPUT_DIR", teacher_dir,
                          "KD.BASELINE_OUTPUT_DIR", os.path.join(out, f"plain_seed{seed}"),
