@@ -1,80 +1,206 @@
 #!/usr/bin/env python
-"""Cost of each distillation loss, and the memory of context distillation at 4096 tokens.
+"""Cost of each distillation loss: step-time ratio, extra peak memory and the loss's own FLOPs.
 
-    python tools/benchmark.py [--size 512] [--batch 2] [--iters 3] [--device cpu|cuda]
-                              [--output output/benchmark]
-    python tools/benchmark.py --detection [...]   # detector losses (tools/benchmark_detection.py)
+    python tools/benchmark.py [--pairs NAME ...] [--losses NAME ...] [--batch 2]
+                              [--warmup 1] [--iters 3] [--device cpu|cuda] [--output DIR]
+    python tools/benchmark.py --detection [...]          # the detector pairs (default: segmentation)
+    python tools/benchmark.py --relation [...]           # the relation-loss kernels only
+    python tools/benchmark.py --list                     # pairs and loss sets
 
-1. For the demo teacher / student (``configs/demo``; random weights, their cost does not depend
-   on training) at ``size×size``, per loss, in one process: the time of one distillation step
-   (teacher forward + student step + the loss, its backward and its modules), of one step of the
-   student alone (forward + backward + SGD step) and of one teacher forward (``extract`` under
-   ``no_grad``), interleaved, minimum over ``--iters``; the reported ratio is
-   ``t_kd / (t_student + t_teacher)`` (1.0 = the loss itself is free).
-2. ``relation_kl`` (BCD context distillation) at ``N = 4096`` tokens (64×64, the 1/8 grid of a
-   512×512 crop) with ``C = 512`` channels: peak memory of forward + backward unchunked vs
-   chunked (1024 rows, with activation checkpointing).
+Pairs (``PAIRS``; random weights, the cost does not depend on training): the paper's sizes,
+PSPNet-R101 → PSPNet-R18 and DeepLabV3+-R101 → DeepLabV3+-MobileNetV2 at 512×512,
+RetinaNet-R101 → R50, GFL-R101 → R50 (and Cascade Mask R-CNN when ``configs/coco`` has it) at
+800×1333, all batch 2; and the demo pairs (``configs/demo``) for quick runs and tests.
 
-Memory: on CUDA ``torch.cuda.max_memory_allocated`` (after a reset); on CPU each measurement
-runs in a fresh process and reports its peak resident set size (``ru_maxrss``) minus the resident
-size before the measured steps, i.e. the extra memory of the steps. Results go to
-``OUTPUT/benchmark.json`` and ``OUTPUT/benchmark.md``.
+**One timing method.** Each (pair, loss set) runs in a fresh process (on CPU: a clean memory
+peak) that builds the ``Distiller`` once and times, interleaved in the same loop, ``--iters``
+times each: the distillation step (``Distiller`` forward, the sum of the loss entries the
+trainer sums, i.e. keys starting with ``loss``, backward, SGD step), a plain step of its student
+(same inputs, same summation, backward, step) and a forward of its teacher (``extract`` under
+``no_grad``), after ``--warmup`` untimed rounds. Reported: the median of each and the spread
+(min–max) over the steps.
+
+**One ratio.** ``ratio = median(KD step) / (median(student step) + median(teacher forward))``:
+1.0 means the loss (its forward, backward, modules and feature recording) costs nothing. The
+spread of the ratio is that of the per-round ratios ``kd_i / (student_i + teacher_i)``.
+
+**Memory.** The peak of each phase above the memory before it: on CUDA
+``max_memory_allocated`` after a reset; on CPU the resident-set high-water mark ``VmHWM``
+after resetting it (``/proc/self/clear_refs``). "Extra" is the KD step's peak minus the larger of
+the plain student step's and the teacher forward's.
+
+**FLOPs.** ``torch.utils.flop_counter.FlopCounterMode`` over the first warm-up round (matrix
+products and convolutions; element-wise work is not counted): the loss's own FLOPs are the KD
+step's minus the student step's and the teacher forward's.
+
+Results: ``OUTPUT/benchmark_<task>.json`` and ``.md``, written after every measurement (a long
+run leaves usable partial results), with the machine, the thread count and the load average.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
-import resource
+import platform
+import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEACHER_CFG = os.path.join(ROOT, "configs/demo/teacher_pspnet_r18.yaml")
-STUDENT_CFG = os.path.join(ROOT, "configs/demo/student_pspnet_r18_w025.yaml")
-BCD_CFG = os.path.join(ROOT, "configs/demo/bcd_student_pspnet_r18_w025.yaml")
 
-LOSSES: Dict[str, List[str]] = {
-    "BCD boundary": ["BoundaryDistillation"],
-    "BCD context": ["ContextDistillation"],
-    "BCD (both)": ["BoundaryDistillation", "ContextDistillation"],
-    "pixel KD": ["PixelKD"],
-    "CWD (logits)": ["ChannelWiseDistillation"],
-    "Structured KD": ["StructuredKD"],
-    "CIRKD": ["CIRKD"],
-    "FitNet": ["FitNet"],
+def _c(path: str) -> str:
+    return os.path.join(ROOT, path)
+
+
+# A loss set: (KD config file, KD.LOSSES or None = that file's, extra config opts).
+LossSet = Tuple[str, Optional[List[str]], List[Any]]
+
+_VOC_PSP = "configs/voc/bcd_pspnet_r18.yaml"
+_VOC_DLV3P = "configs/voc/bcd_deeplabv3plus_mobilenetv2.yaml"
+_BD, _CD = "BoundaryDistillation", "ContextDistillation"
+
+
+def _seg_sets(bcd_cfg: str, extra: Dict[str, LossSet]) -> Dict[str, LossSet]:
+    sets: Dict[str, LossSet] = {
+        "BCD (both)": (bcd_cfg, [_BD, _CD], []),
+        "BCD boundary": (bcd_cfg, [_BD], []),
+        "BCD context": (bcd_cfg, [_CD], []),
+        "BCD context, chunked": (bcd_cfg, [_CD], ["KD.CONTEXT.IMPL", "chunked"]),
+        "pixel KD": (bcd_cfg, ["PixelKD"], []),
+        "CWD (logits)": (bcd_cfg, ["ChannelWiseDistillation"], []),
+        "Structured KD": (bcd_cfg, ["StructuredKD"], []),
+        "FitNet": (bcd_cfg, ["FitNet"], []),
+        "CIRKD": (bcd_cfg, ["CIRKD"], []),
+        "CIRKD, chunked": (bcd_cfg, ["CIRKD"], ["KD.CIRKD.IMPL", "chunked"]),
+        "APD": (bcd_cfg, ["APD"], []),
+    }
+    sets.update(extra)
+    return sets
+
+
+def _det_sets(prefix: str, arch: str) -> Dict[str, LossSet]:
+    """Loss sets of a COCO detector pair from the ``configs/coco/<x>_<arch>_r50.yaml`` files."""
+    bcd = f"{prefix}/bcd_{arch}_r50.yaml"
+    sets: Dict[str, LossSet] = {
+        "BCD (both)": (bcd, [_BD, _CD], []),
+        "BCD boundary": (bcd, [_BD], []),
+        "BCD context": (bcd, [_CD], []),
+        "BCD context, chunked": (bcd, [_CD], ["KD.CONTEXT.IMPL", "chunked"]),
+        "BCD context, no token cap": (bcd, [_CD], ["KD.CONTEXT.TOKEN_CAP", 0]),
+        "BCD on FPN (both)": (f"{prefix}/bcd_fpn_{arch}_r50.yaml", None, []),
+        "PKD": (f"{prefix}/pkd_{arch}_r50.yaml", None, []),
+        "FGD": (f"{prefix}/fgd_{arch}_r50.yaml", None, []),
+        "CWD": (f"{prefix}/cwd_{arch}_r50.yaml", None, []),
+        "BCD + PKD": (f"{prefix}/bcd_pkd_{arch}_r50.yaml", None, []),
+        "BCD + FGD": (f"{prefix}/bcd_fgd_{arch}_r50.yaml", None, []),
+        "BCD + CWD": (f"{prefix}/bcd_cwd_{arch}_r50.yaml", None, []),
+        "APD": (bcd, ["APDDetection"], []),
+    }
+    if arch == "gfl":
+        sets["LD"] = (f"{prefix}/ld_gfl_r50.yaml", None, [])
+        sets["LD + BCD"] = (f"{prefix}/ld_bcd_gfl_r50.yaml", None, [])
+    return {k: v for k, v in sets.items() if os.path.exists(_c(v[0]))}
+
+
+# name -> task, teacher config, input (H, W), loss sets, a one-line description
+PAIRS: Dict[str, Dict[str, Any]] = {
+    "pspnet_r101_r18": {
+        "task": "seg", "teacher": "configs/voc/pspnet_r101.yaml", "size": (512, 512),
+        "sets": _seg_sets(_VOC_PSP, {
+            "BCD + CWD": ("configs/voc/bcd_cwd_pspnet_r18.yaml", None, []),
+            "BCD + CIRKD + pixel KD": ("configs/voc/bcd_cirkd_pspnet_r18.yaml", None, []),
+        }),
+        "what": "PSPNet-R101 (OS 8) → PSPNet-R18 (OS 8), VOC heads (21 classes)",
+    },
+    "deeplabv3plus_r101_mobilenetv2": {
+        "task": "seg", "teacher": "configs/voc/deeplabv3plus_r101.yaml", "size": (512, 512),
+        "sets": _seg_sets(_VOC_DLV3P, {}),
+        "what": "DeepLabV3+-R101 → DeepLabV3+-MobileNetV2 (OS 8), VOC heads",
+    },
+    "retinanet_r101_r50": {
+        "task": "det", "teacher": "configs/coco/retinanet_r101.yaml", "size": (800, 1333),
+        "sets": _det_sets("configs/coco", "retinanet"),
+        "what": "RetinaNet R101-FPN → R50-FPN, COCO heads (80 classes)",
+    },
+    "gfl_r101_r50": {
+        "task": "det", "teacher": "configs/coco/gfl_r101.yaml", "size": (800, 1333),
+        "sets": _det_sets("configs/coco", "gfl"),
+        "what": "GFL R101-FPN → R50-FPN, COCO heads",
+    },
+    "demo_pspnet": {
+        "task": "seg", "teacher": "configs/demo/teacher_pspnet_r18.yaml", "size": (512, 512), "demo": True,
+        "sets": _seg_sets("configs/demo/bcd_student_pspnet_r18_w025.yaml", {}),
+        "what": "demo PSPNet R18×0.5 → R18×0.25",
+    },
+    "demo_retinanet": {
+        "task": "det", "teacher": "configs/demo/det_retinanet_teacher.yaml", "size": (320, 320), "demo": True,
+        "sets": {
+            "BCD (both)": ("configs/demo/det_bcd_retinanet_student.yaml", [_BD, _CD], []),
+            "BCD context": ("configs/demo/det_bcd_retinanet_student.yaml", [_CD], []),
+            "PKD": ("configs/demo/det_bcd_retinanet_student.yaml", ["PKD"], []),
+            "FGD": ("configs/demo/det_bcd_retinanet_student.yaml", ["FGD"], []),
+            "CWD": ("configs/demo/det_bcd_retinanet_student.yaml", ["ChannelWiseDistillation"], []),
+        },
+        "what": "demo RetinaNet R18×0.5 → R18×0.25",
+    },
+    "demo_gfl": {
+        "task": "det", "teacher": "configs/demo/det_gfl_teacher.yaml", "size": (320, 320), "demo": True,
+        "sets": {"LD": ("configs/demo/det_ld_gfl_student.yaml", ["LD"], [])},
+        "what": "demo GFL R18×0.5 → R18×0.25",
+    },
 }
+# Cascade Mask R-CNN (issue 11) joins when its COCO configs exist.
+if os.path.exists(_c("configs/coco/cascade_mask_rcnn_r101.yaml")) and _det_sets("configs/coco", "cascade_mask_rcnn"):
+    PAIRS["cascade_mask_rcnn_r101_r50"] = {
+        "task": "det", "teacher": "configs/coco/cascade_mask_rcnn_r101.yaml", "size": (800, 1333),
+        "sets": _det_sets("configs/coco", "cascade_mask_rcnn"),
+        "what": "Cascade Mask R-CNN R101-FPN → R50-FPN, COCO heads",
+    }
+
+DEFAULT_PAIRS = {"seg": ["pspnet_r101_r18", "deeplabv3plus_r101_mobilenetv2"],
+                 "det": [p for p in ("retinanet_r101_r50", "gfl_r101_r50", "cascade_mask_rcnn_r101_r50") if p in PAIRS]}
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+# ----------------------------------------------------------------------------------- memory
+class PeakMemory:
+    """Peak memory of a block above the memory when it starts (bytes, ``.peak``).
 
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-
-
-class _Mem:
-    """Extra peak memory of a block: CUDA allocator peak, or peak RSS on CPU."""
+    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. CPU: the
+    resident-set high-water mark (``VmHWM``), reset through ``/proc/self/clear_refs`` (Linux ≥ 4.0);
+    where that is not writable, ``ru_maxrss`` (then only the first block of a process is exact).
+    """
 
     def __init__(self, device: str) -> None:
-        self.cuda = device.startswith("cuda")
+        self.cuda = str(device).startswith("cuda")
 
-    def __enter__(self) -> "_Mem":
+    @staticmethod
+    def _status_kib(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        raise KeyError(key)
+
+    def __enter__(self) -> "PeakMemory":
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
-            self.base = _rss_bytes()
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+            self.base = self._status_kib("VmRSS") * 1024
         return self
 
     def __exit__(self, *exc) -> None:
@@ -82,224 +208,428 @@ class _Mem:
             torch.cuda.synchronize()
             self.peak = torch.cuda.max_memory_allocated() - self.base
         else:
-            self.peak = max(0, _peak_rss_bytes() - self.base)
+            self.peak = max(0, self._status_kib("VmHWM") * 1024 - self.base)
 
 
 def _sync(device: str) -> None:
-    if device.startswith("cuda"):
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize()
 
 
-def _inputs(size: int, batch: int, classes: int = 6) -> List[Dict[str, Any]]:
+# ----------------------------------------------------------------------------------- inputs
+def seg_inputs(size: Tuple[int, int], batch: int, classes: int) -> List[Dict[str, Any]]:
+    """Random uint8 images and labels in ``[0, classes)``, mapper-style dicts."""
     g = torch.Generator().manual_seed(0)
-    return [
-        {
-            "image": torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8),
-            "sem_seg": torch.randint(0, classes, (size, size), generator=g),
-            "height": size,
-            "width": size,
-        }
-        for _ in range(batch)
-    ]
+    h, w = size
+    return [{"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
+             "sem_seg": torch.randint(0, classes, (h, w), generator=g), "height": h, "width": w}
+            for _ in range(batch)]
 
 
-def _cfg(path: str, device: str, opts: Optional[List[Any]] = None):
+def det_inputs(size: Tuple[int, int], batch: int, classes: int, boxes: int = 8) -> List[Dict[str, Any]]:
+    """Random images with ``boxes`` random boxes each (``Instances`` as the detection mapper)."""
+    from bcd.structures import Instances
+
+    g = torch.Generator().manual_seed(0)
+    h, w = size
+    out = []
+    for _ in range(batch):
+        xy = torch.rand(boxes, 2, generator=g) * torch.tensor([w, h]) * 0.6
+        wh = 16 + torch.rand(boxes, 2, generator=g) * torch.tensor([w, h]) * 0.35
+        inst = Instances((h, w))
+        inst.gt_boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([w, h]))], 1)
+        inst.gt_classes = torch.randint(0, classes, (boxes,), generator=g)
+        out.append({"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
+                    "instances": inst, "height": h, "width": w})
+    return out
+
+
+def _num_classes(cfg, task: str) -> int:
+    """Label range of the random inputs: the segmentor's classes; 3 box classes for detectors."""
+    return int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES) if task == "seg" else 3
+
+
+def _load_cfg(path: str, device: str, opts: Sequence[Any] = ()):
     from bcd.config import get_cfg
 
     cfg = get_cfg()
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(list(opts or []))
+    cfg.merge_from_file(_c(path))
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.BACKBONE.WEIGHTS = ""  # random init: the cost does not depend on the weights
     cfg.MODEL.DEVICE = device
     return cfg
 
 
-def _time_steps(fn, iters: int, device: str) -> float:
-    fn()  # warm-up (allocator, lazy init, CIRKD queues)
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
+def total_loss(loss_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """The trainer's sum (``bcd.engine.train_loop.SimpleTrainer``): entries whose key starts with ``loss``."""
+    from bcd.engine.train_loop import SimpleTrainer
+
+    return SimpleTrainer._total_loss(loss_dict)
+
+
+# ----------------------------------------------------------------------------------- measurement
+def _flops(fn: Callable[[], None]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
         fn()
-    _sync(device)
-    return (time.perf_counter() - t0) / iters
+    return int(fc.get_total_flops())
 
 
-def _train_step(model, opt, inputs):
-    def step():
-        losses = model(inputs)
-        opt.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        opt.step()
+def measure_pair(pair: str, loss_set: str, batch: int, warmup: int, iters: int, device: str,
+                 teacher_weights: str, size: Optional[Tuple[int, int]] = None, clock: str = "wall",
+                 threads: int = 0) -> Dict[str, Any]:
+    """Interleaved KD step / student step / teacher forward of one (pair, loss set) (module doc).
 
-    return step
-
-
-def measure_model(kind: str, losses: List[str], size: int, batch: int, iters: int, device: str,
-                  teacher_weights: str) -> Dict[str, float]:
-    """One measurement in the current process.
-
-    ``kind="kd"``: the Distiller with ``losses``; the distillation step, the step of its student
-    alone and the forward of its teacher alone are timed interleaved, ``iters`` times each, and
-    the minimum of each is kept (robust to other processes sharing the CPU); the peak memory is
-    that of the distillation steps. ``kind="baseline"``: the peak memory of a plain student step
-    plus a teacher forward.
+    ``clock``: ``"wall"`` (``perf_counter``, synchronised on CUDA) or ``"cpu"`` (the process's
+    CPU time: on a CPU shared with other jobs it counts the work, not the waiting; use it with
+    ``threads=1``). Both are recorded; ``clock`` decides the reported medians and ratio.
     """
     from bcd.distill import build_model
 
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+    spec = PAIRS[pair]
+    kd_cfg, losses, opts = spec["sets"][loss_set]
+    size = tuple(size or spec["size"])
     torch.manual_seed(0)
-    inputs = _inputs(size, batch)
-    opts = ["KD.LOSSES", losses or ["PixelKD"], "KD.TEACHER.WEIGHTS", teacher_weights,
-            "KD.TEACHER.CONFIG_FILE", TEACHER_CFG]
-    model = build_model(_cfg(BCD_CFG, device, opts))
+    o = list(opts) + ["KD.TEACHER.WEIGHTS", teacher_weights, "KD.TEACHER.CONFIG_FILE", _c(spec["teacher"])]
+    if losses is not None:
+        o += ["KD.LOSSES", list(losses)]
+    cfg = _load_cfg(kd_cfg, device, o)
+    model = build_model(cfg)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    kd_step = _train_step(model, opt, inputs)
+    classes = _num_classes(cfg, spec["task"])
+    inputs = (seg_inputs if spec["task"] == "seg" else det_inputs)(size, batch, classes)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
     student, teacher = model.student, model.teacher
 
-    def student_step():
-        losses_ = student(inputs)
+    def kd_step() -> None:
+        loss = total_loss(model(inputs))
         opt.zero_grad(set_to_none=True)
-        sum(losses_.values()).backward()
+        loss.backward()
+        opt.step()
+
+    def student_step() -> None:
+        loss = total_loss(student(inputs))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
         opt.step()
 
     @torch.no_grad()
-    def teacher_fwd():
+    def teacher_forward() -> None:
         teacher.extract(teacher.preprocess(inputs))
 
-    if kind == "baseline":
-        student_step()
-        teacher_fwd()
-        with _Mem(device) as mem:
-            student_step()
-            teacher_fwd()
-        return {"peak_mem_bytes": mem.peak}
-    kd_step()  # warm-up (allocator, lazy state such as CIRKD's queues)
-    student_step()
-    teacher_fwd()
-    times: Dict[str, List[float]] = {"kd": [], "student": [], "teacher": []}
-    with _Mem(device) as mem:
-        for _ in range(iters):
-            for key, fn in (("kd", kd_step), ("student", student_step), ("teacher", teacher_fwd)):
-                _sync(device)
-                t0 = time.perf_counter()
+    phases = (("kd", kd_step), ("student", student_step), ("teacher", teacher_forward))
+    flops = {}
+    for r in range(max(1, warmup)):
+        for key, fn in phases:
+            if r == 0:
+                flops[key] = _flops(fn)
+            else:
+                fn()
+    wall: Dict[str, List[float]] = {k: [] for k, _ in phases}
+    cpu: Dict[str, List[float]] = {k: [] for k, _ in phases}
+    peaks: Dict[str, int] = {k: 0 for k, _ in phases}
+    for _ in range(iters):
+        for key, fn in phases:
+            _sync(device)
+            with PeakMemory(device) as mem:
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 _sync(device)
-                times[key].append(time.perf_counter() - t0)
-    best = {k: min(v) for k, v in times.items()}
-    return {"time_s": best["kd"], "student_step_s": best["student"], "teacher_forward_s": best["teacher"],
-            "ratio": best["kd"] / (best["student"] + best["teacher"]), "peak_mem_bytes": mem.peak}
+                wall[key].append(time.perf_counter() - t0)
+                cpu[key].append(time.process_time() - c0)
+            peaks[key] = max(peaks[key], mem.peak)
+    times = cpu if clock == "cpu" else wall
+    med = {k: statistics.median(v) for k, v in times.items()}
+    per_round = [k / (s + t) for k, s, t in zip(times["kd"], times["student"], times["teacher"])]
+    return {
+        "pair": pair, "loss_set": loss_set, "kd_config": kd_cfg, "losses": list(cfg.KD.LOSSES), "opts": list(opts),
+        "size": list(size), "batch": batch, "warmup": warmup, "iters": iters,
+        "clock": clock, "threads": torch.get_num_threads(), "times_s": times, "wall_s": wall, "cpu_s": cpu,
+        "median_s": med,
+        "ratio": med["kd"] / (med["student"] + med["teacher"]),
+        "ratio_spread": [min(per_round), max(per_round)],
+        "peak_bytes": peaks, "extra_peak_bytes": peaks["kd"] - max(peaks["student"], peaks["teacher"]),
+        "flops": flops, "loss_flops": flops["kd"] - flops["student"] - flops["teacher"],
+    }
 
 
-def measure_context(chunk: int, n_tokens: int, channels: int, batch: int, device: str) -> Dict[str, float]:
-    """Peak memory / time of relation_kl forward + backward at ``n_tokens``."""
-    from bcd.distill.losses.bcd_context import relation_kl
-
-    g = torch.Generator().manual_seed(0)
-    xs = torch.randn(batch, n_tokens, channels, generator=g).to(device).requires_grad_(True)
-    xt = torch.randn(batch, n_tokens, channels, generator=g).to(device)
-    valid = torch.ones(batch, n_tokens, dtype=torch.bool, device=device)
-    with _Mem(device) as mem:
-        t0 = time.perf_counter()
-        loss = relation_kl(xs, xt, valid, 1.0, chunk=chunk, use_checkpoint=chunk > 0)
-        loss.backward()
-        _sync(device)
-        t = time.perf_counter() - t0
-    return {"time_s": t, "peak_mem_bytes": mem.peak, "loss": float(loss.detach())}
-
-
-def _child(q, fn, kwargs):
+def _child(q, fn, kwargs) -> None:
     try:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         q.put(("ok", fn(**kwargs)))
-    except Exception as e:  # report, the parent decides
-        q.put(("error", f"{type(e).__name__}: {e}"))
+    except Exception as e:  # reported in the results, the parent goes on
+        import traceback
+
+        q.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"))
 
 
-def run_isolated(fn, device: str, **kwargs) -> Dict[str, Any]:
-    """Run ``fn`` in a fresh process on CPU (clean peak RSS); in-process on CUDA."""
-    if device.startswith("cuda"):
-        return fn(device=device, **kwargs)
+def run_isolated(fn: Callable[..., Dict[str, Any]], device: str, **kwargs) -> Dict[str, Any]:
+    """``fn(device=device, **kwargs)`` in a fresh process on CPU (clean memory); in-process on CUDA.
+
+    Returns the result, or ``{"error": message}`` when ``fn`` raised.
+    """
+    if str(device).startswith("cuda"):
+        try:
+            return fn(device=device, **kwargs)
+        except Exception as e:  # noqa: BLE001  (one failing loss must not end the run)
+            return {"error": f"{type(e).__name__}: {e}"}
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_child, args=(q, fn, dict(kwargs, device=device)))
     p.start()
     status, value = q.get()
     p.join()
-    if status != "ok":
-        raise RuntimeError(value)
-    return value
+    return value if status == "ok" else {"error": value}
 
 
+def save_teacher_weights(pair: str, folder: str) -> str:
+    """Random-init weights of the pair's teacher in ``folder`` (the Distiller loads them strictly)."""
+    from bcd.modeling import build_model as build_plain_model
+
+    path = os.path.join(folder, f"{pair}_teacher.pth")
+    if not os.path.exists(path):
+        torch.manual_seed(0)
+        torch.save({"model": build_plain_model(_load_cfg(PAIRS[pair]["teacher"], "cpu")).state_dict()}, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------- relation kernels
+def measure_relation(impl: str, tokens: int, channels: int, batch: int, device: str, clock: str = "wall",
+                     threads: int = 0) -> Dict[str, Any]:
+    """BCD context relation KL (mean over rows, forward + backward) at ``tokens`` tokens.
+
+    ``impl``: ``"fused"`` (``bcd.distill.functional.relation``) or ``"chunked"`` (the reference,
+    1024 rows per chunk with activation checkpointing).
+    """
+    from bcd.distill.functional.relation import self_relation_kl_rows
+    from bcd.distill.losses.bcd_context import relation_kl
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    timer = time.process_time if clock == "cpu" else time.perf_counter
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(batch, tokens, channels, generator=g).to(device).requires_grad_(True)
+    xt = torch.randn(batch, tokens, channels, generator=g).to(device)
+    valid = torch.ones(batch, tokens, dtype=torch.bool, device=device)
+    valid[:, -tokens // 10:] = False  # a padded border
+    scale = 1.0 / math.sqrt(channels)
+
+    def run() -> float:
+        if impl == "fused":
+            loss = (self_relation_kl_rows(xs, xt, scale, valid) * valid).sum() / valid.sum()
+        else:
+            loss = relation_kl(xs, xt, valid, 1.0, chunk=1024, use_checkpoint=True)
+        loss.backward()
+        return float(loss.detach())
+
+    value = run()  # warm-up
+    flops = _flops(run)
+    _sync(device)
+    with PeakMemory(device) as mem:
+        t0 = timer()
+        run()
+        _sync(device)
+        t = timer() - t0
+    return {"clock": clock, "impl": impl, "tokens": tokens, "channels": channels, "batch": batch, "time_s": t,
+            "peak_bytes": mem.peak, "flops": flops, "loss": value}
+
+
+def line_max_impls() -> Dict[str, Callable]:
+    """The line-max formulations: ``bcd.distill.functional.line_max`` and the shifted-copy one of
+    ``bcd_boundary``."""
+    from bcd.distill.functional.line_max import LINE_MAX_IMPLS
+    from bcd.distill.losses import bcd_boundary
+
+    return dict(LINE_MAX_IMPLS, **{"shifted copies (bcd_boundary.line_max)": bcd_boundary.line_max})
+
+
+def measure_line_max(impl: str, size: Tuple[int, int], batch: int, radius: int, reps: int,
+                     device: str, clock: str = "wall", threads: int = 0) -> Dict[str, Any]:
+    """BCD boundary line-max forward + backward on a ``batch×1×h×w`` logit map (median of ``reps``)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    timer = time.process_time if clock == "cpu" else time.perf_counter
+    fn = line_max_impls()[impl]
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(batch, 1, *size, generator=g).to(device).requires_grad_(True)
+    ts = []
+    for r in range(reps + 1):
+        _sync(device)
+        t0 = timer()
+        fn(e, radius, -1e4).square().sum().backward()
+        _sync(device)
+        if r:
+            ts.append(timer() - t0)
+    return {"clock": clock, "impl": impl, "size": list(size), "batch": batch, "radius": radius, "median_s": statistics.median(ts),
+            "min_s": min(ts), "max_s": max(ts)}
+
+
+# ----------------------------------------------------------------------------------- report
+def machine(device: str) -> Dict[str, Any]:
+    info: Dict[str, Any] = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+        info["load_average_start"] = list(os.getloadavg())
+    except OSError:
+        pass
+    if str(device).startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _fmt_t(xs: List[float]) -> str:
+    return f"{statistics.median(xs):.3f} ({min(xs):.3f}–{max(xs):.3f})"
+
+
+def write_report(res: Dict[str, Any], out: str, name: str) -> None:
+    """``OUTPUT/<name>.json`` and ``.md`` (tables per pair)."""
+    os.makedirs(out, exist_ok=True)
+    res["machine"]["load_average_now"] = list(os.getloadavg())
+    with open(os.path.join(out, name + ".json"), "w") as f:
+        json.dump(res, f, indent=2)
+    m = res["machine"]
+    md = [f"# Distillation cost ({name})", "",
+          f"Machine: {m.get('cpu', '')}, {m['cpu_count']} CPUs, torch {m['torch']} with {m['threads']} threads, "
+          f"device `{m['device']}`{', ' + m['gpu'] if 'gpu' in m else ''}; load average at start "
+          f"{m.get('load_average_start', ['?'])[0]:.1f}, at the last write {m['load_average_now'][0]:.1f}; "
+          f"clock: {'process CPU time' if res.get('clock') == 'cpu' else 'wall time'}, "
+          f"{res.get('threads')} thread(s) per measuring process."
+          + (f" {res['note']}" if res.get("note") else ""), "",
+          "Method (tools/benchmark.py): per (pair, loss set) a fresh process times, interleaved, the KD "
+          "step, the plain student step and the teacher forward (warm-up rounds first); times are the "
+          "median (min–max) over the timed rounds. Ratio = median(KD step) / (median(student step) + "
+          "median(teacher forward)), the loss sums exactly the trainer's `loss*` entries; its spread is "
+          "that of the per-round ratios. Extra memory = KD step peak − max(student step peak, teacher "
+          "forward peak). Loss GFLOPs = FlopCounterMode(KD step) − (student step) − (teacher forward): "
+          "matrix products and convolutions only.", ""]
+    for pair, block in res.get("pairs", {}).items():
+        spec = PAIRS[pair]
+        md += [f"## {pair}: {spec['what']}", "",
+               f"Batch {res['batch']} of {block['size'][0]}×{block['size'][1]}; {res['warmup']} warm-up + "
+               f"{res['iters']} timed rounds.", "",
+               "| loss set | KD step (s) | student step (s) | teacher fwd (s) | ratio (spread) | extra peak (MiB) | loss GFLOPs |",
+               "|---|---|---|---|---|---|---|"]
+        for ls, r in block["losses"].items():
+            if "error" in r:
+                md.append(f"| {ls} | failed: {r['error'].splitlines()[0][:120]} | | | | | |")
+                continue
+            t = r["times_s"]
+            md.append(f"| {ls} | {_fmt_t(t['kd'])} | {_fmt_t(t['student'])} | {_fmt_t(t['teacher'])} | "
+                      f"{r['ratio']:.2f} ({r['ratio_spread'][0]:.2f}–{r['ratio_spread'][1]:.2f}) | "
+                      f"{r['extra_peak_bytes'] / 2**20:.0f} | {r['loss_flops'] / 1e9:.1f} |")
+        md.append("")
+    if res.get("relation"):
+        md += ["## Relation KL (BCD context), forward + backward", "",
+               "| impl | tokens N | C | batch | time (s) | peak (MiB) | GFLOPs | loss |", "|---|---|---|---|---|---|---|---|"]
+        for r in res["relation"]:
+            if "error" in r:
+                md.append(f"| {r.get('impl')} | failed: {r['error'].splitlines()[0][:100]} | | | | | | |")
+                continue
+            md.append(f"| {r['impl']} | {r['tokens']} | {r['channels']} | {r['batch']} | {r['time_s']:.2f} | "
+                      f"{r['peak_bytes'] / 2**20:.0f} | {r['flops'] / 1e9:.1f} | {r['loss']:.6g} |")
+        md.append("")
+    if res.get("line_max"):
+        md += ["## BCD boundary line-max (r = 5), forward + backward", "",
+               "| impl | grid | batch | median (s) | min–max (s) |", "|---|---|---|---|---|"]
+        for r in res["line_max"]:
+            md.append(f"| {r['impl']} | {r['size'][0]}×{r['size'][1]} | {r['batch']} | {r['median_s']:.4f} | "
+                      f"{r['min_s']:.4f}–{r['max_s']:.4f} |")
+        md.append("")
+    with open(os.path.join(out, name + ".md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+
+
+# ----------------------------------------------------------------------------------- main
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--detection" in argv:  # detector losses: tools/benchmark_detection.py (same helpers)
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import benchmark_detection
-
-        return benchmark_detection.main([a for a in argv if a != "--detection"])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--detection", action="store_true", help="detector pairs (default: segmentation)")
+    ap.add_argument("--relation", action="store_true", help="only the relation-KL and line-max kernels")
+    ap.add_argument("--list", action="store_true", help="print the pairs and loss sets and exit")
+    ap.add_argument("--pairs", nargs="*", default=None, help="pair names (see --list)")
+    ap.add_argument("--losses", nargs="*", default=None, help="loss-set names (default: all of each pair)")
+    ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="override the pair's input size")
     ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--losses", nargs="*", default=list(LOSSES), help="subset of: " + ", ".join(LOSSES))
-    ap.add_argument("--context-tokens", type=int, default=4096)
-    ap.add_argument("--context-channels", type=int, default=512)
-    ap.add_argument("--context-batch", type=int, default=2)
+    ap.add_argument("--relation-tokens", type=int, nargs="*", default=[4096, 16384])
+    ap.add_argument("--relation-channels", type=int, default=512)
+    ap.add_argument("--relation-batch", type=int, default=2)
+    ap.add_argument("--relation-impls", nargs="*", default=["fused", "chunked"])
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall time, or the process's CPU time (a CPU shared with other jobs; use --threads 1)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in the measuring processes (0: torch's default)")
+    ap.add_argument("--note", default="", help="free text stored with the machine (e.g. 'shared CPU')")
     ap.add_argument("--output", default="output/benchmark")
     args = ap.parse_args(argv)
 
-    from bcd.modeling import build_model
+    if args.list:
+        for name, spec in PAIRS.items():
+            print(f"{name} [{spec['task']}] {spec['what']}: " + ", ".join(spec["sets"]))
+        return {}
+    if args.clock == "cpu" and str(args.device).startswith("cuda"):
+        raise SystemExit("--clock cpu measures CPU work; use the wall clock on CUDA")
+    timing = {"clock": args.clock, "threads": args.threads}
+    res: Dict[str, Any] = {"machine": machine(args.device), "note": args.note, "batch": args.batch,
+                           "warmup": args.warmup, "iters": args.iters, "clock": args.clock,
+                           "threads": args.threads or torch.get_num_threads()}
+    if args.relation:
+        name = "benchmark_relation"
+        res["relation"], res["line_max"] = [], []
+        for n in args.relation_tokens:
+            for impl in args.relation_impls:
+                r = run_isolated(measure_relation, args.device, impl=impl, tokens=n,
+                                 channels=args.relation_channels, batch=args.relation_batch, **timing)
+                r.setdefault("impl", impl)
+                res["relation"].append(r)
+                write_report(res, args.output, name)
+                print(json.dumps(r), flush=True)
+        for size in ((64, 64), (100, 167)):
+            for impl in line_max_impls():
+                res["line_max"].append(run_isolated(measure_line_max, args.device, impl=impl, size=size,
+                                                    batch=args.relation_batch, radius=5, reps=5, **timing))
+                write_report(res, args.output, name)
+        print(open(os.path.join(args.output, name + ".md")).read())
+        return res
 
-    os.makedirs(args.output, exist_ok=True)
+    task = "det" if args.detection else "seg"
+    name = f"benchmark_{task}"
+    pairs = args.pairs or DEFAULT_PAIRS[task]
+    for p in pairs:
+        if p not in PAIRS or PAIRS[p]["task"] != task:
+            known = [k for k, v in PAIRS.items() if v["task"] == task]
+            raise SystemExit(f"Unknown {task} pair '{p}'; choose from {known} (--detection for detectors)")
     tmp = tempfile.mkdtemp(prefix="bcd_bench_")
-    teacher_weights = os.path.join(tmp, "teacher.pth")
-    torch.manual_seed(0)
-    torch.save({"model": build_model(_cfg(TEACHER_CFG, "cpu")).state_dict()}, teacher_weights)
-
-    common = dict(size=args.size, batch=args.batch, iters=args.iters, teacher_weights=teacher_weights)
-    res: Dict[str, Any] = {"device": args.device, "size": args.size, "batch": args.batch,
-                           "iters": args.iters, "threads": torch.get_num_threads(), "losses": {}}
-    res["baseline"] = run_isolated(measure_model, args.device, kind="baseline", losses=[], **common)
-    base_m = res["baseline"]["peak_mem_bytes"]
-    for name in args.losses:
-        r = run_isolated(measure_model, args.device, kind="kd", losses=LOSSES[name], **common)
-        res["losses"][name] = r
-        print(f"{name:16s} step {r['time_s']:.3f}s  ratio {r['ratio']:.2f}  peak +{r['peak_mem_bytes'] / 2**20:.0f} MiB", flush=True)
-    res["context"] = {}
-    for label, chunk in (("unchunked", 0), ("chunk 1024 + checkpoint", 1024)):
-        res["context"][label] = run_isolated(
-            measure_context, args.device, chunk=chunk, n_tokens=args.context_tokens,
-            channels=args.context_channels, batch=args.context_batch,
-        )
-    with open(os.path.join(args.output, "benchmark.json"), "w") as f:
-        json.dump(res, f, indent=2)
-
-    mib = lambda b: f"{b / 2**20:.0f}"  # noqa: E731
-    md = [
-        "# Distillation cost", "",
-        f"Device: {args.device} ({res['threads']} threads); demo teacher (PSPNet R18×0.5) and student "
-        f"(PSPNet R18×0.25); batch {args.batch} of {args.size}×{args.size}; minimum over {args.iters} steps "
-        "after one warm-up step.", "",
-        "Times are the minimum over the steps (other processes share the CPU); student step and "
-        "teacher forward are timed in the same process, interleaved with the distillation step.", "",
-        "| loss | KD step (s) | student step (s) | teacher forward (s) | KD step / (student step + teacher forward) | peak memory (MiB) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, r in res["losses"].items():
-        md.append(f"| {name} | {r['time_s']:.3f} | {r['student_step_s']:.3f} | {r['teacher_forward_s']:.3f} | "
-                  f"{r['ratio']:.2f} | {mib(r['peak_mem_bytes'])} |")
-    md += ["", f"Plain student step + teacher forward peak: {mib(base_m)} MiB.", "",
-           f"BCD context distillation, relation at N = {args.context_tokens} tokens, C = {args.context_channels}, "
-           f"batch {args.context_batch} (forward + backward):", "",
-           "| variant | time (s) | peak memory (MiB) | loss |", "|---|---|---|---|"]
-    for label, r in res["context"].items():
-        md.append(f"| {label} | {r['time_s']:.2f} | {mib(r['peak_mem_bytes'])} | {r['loss']:.6f} |")
-    md.append("")
-    md.append("CPU memory = peak RSS of a fresh process minus its RSS before the measured steps; "
-              "CUDA memory = torch.cuda.max_memory_allocated above the allocation before them.")
-    with open(os.path.join(args.output, "benchmark.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
-    print("\n".join(md))
+    res["pairs"] = {}
+    for p in pairs:
+        spec = PAIRS[p]
+        sets = args.losses or list(spec["sets"])
+        unknown = [s for s in sets if s not in spec["sets"]]
+        if unknown:
+            raise SystemExit(f"Unknown loss sets {unknown} for pair {p}; choose from {list(spec['sets'])}")
+        size = tuple(args.size) if args.size else tuple(spec["size"])
+        block = {"size": list(size), "losses": {}}
+        res["pairs"][p] = block
+        weights = save_teacher_weights(p, tmp)
+        for s in sets:
+            r = run_isolated(measure_pair, args.device, pair=p, loss_set=s, batch=args.batch, warmup=args.warmup,
+                             iters=args.iters, teacher_weights=weights, size=size, **timing)
+            block["losses"][s] = r
+            write_report(res, args.output, name)
+            if "error" in r:
+                print(f"{p} / {s}: failed: {r['error']}", flush=True)
+            else:
+                print(f"{p} / {s}: KD {r['median_s']['kd']:.3f}s, student {r['median_s']['student']:.3f}s, "
+                      f"teacher {r['median_s']['teacher']:.3f}s, ratio {r['ratio']:.2f} "
+                      f"({r['ratio_spread'][0]:.2f}–{r['ratio_spread'][1]:.2f}), extra "
+                      f"{r['extra_peak_bytes'] / 2**20:.0f} MiB, loss {r['loss_flops'] / 1e9:.1f} GFLOPs", flush=True)
+    print(open(os.path.join(args.output, name + ".md")).read())
     return res
 
 

@@ -125,6 +125,9 @@ def add_context_config(cfg: CN) -> None:
     node.TOKEN_CAP = 4096  # N_max
     node.CHUNK = 1024  # query rows per chunk (<= 0: no chunking)
     node.CHECKPOINT = True  # recompute each chunk in the backward (bounded memory)
+    # relation KL: "fused" (O(N·C) memory, analytic backward; bcd/distill/functional/relation.py)
+    # or "chunked" (the N×N reference: CHUNK rows at a time, CHECKPOINT)
+    node.IMPL = "fused"
     # --- issue 8 calibration (projects/bcd/README.md "Calibration") ---
     # "row_mean" (mean of the row KLs) or "element_mean" (also divided by the valid row length N;
     # default, see KD.BOUNDARY.REDUCTION)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..functional.relation import self_relation_kl_rows
 from ._functional import build_temperature, masked_kl
 from .base import DistillLoss, KDContext, as_tensor_feature
 from .bcd_hfa import (
@@ -93,6 +94,7 @@ def relation_kl(
     reduction: str = "row_mean",
     relation: str = "dot",
     cos_tau: float = 0.1,
+    impl: str = "chunked",
 ) -> Tensor:
     """Relation KD: ``Σ_{valid rows i} KL(softmax(A_T[i]/τ) ‖ softmax(A_S[i]/τ))`` reduced.
 
@@ -109,6 +111,9 @@ def relation_kl(
         reduction: ``"row_mean"`` (divide by the number of valid rows) or ``"element_mean"``
             (divide by the number of valid (row, column) entries: also by the row length).
         relation, cos_tau: see above.
+        impl: ``"chunked"`` (this loop over ``relation_row_kl``, the reference) or ``"fused"``
+            (``bcd.distill.functional.relation``: ``O(N·C)`` memory, analytic backward; ``chunk``
+            and ``use_checkpoint`` are then unused).
     """
     if reduction not in ("row_mean", "element_mean"):
         raise ValueError(f"KD.CONTEXT.REDUCTION must be 'row_mean' or 'element_mean', got '{reduction}'")
@@ -119,6 +124,15 @@ def relation_kl(
         x_t = F.normalize(x_t, dim=-1)
     B, N, C = x_s.shape
     scale = relation_scale(C, tau, relation, cos_tau)
+    if impl == "fused":
+        hook = None
+        if observer is not None:  # teacher logits at τ = 1 (the controller divides by τ)
+            def hook(scores: Tensor, idx: Tensor) -> None:
+                observer.observe(scores * tau, valid[:, idx], dim=2)
+        rows_kl = self_relation_kl_rows(x_s, x_t, scale, valid, teacher_rows_hook=hook)
+        return (rows_kl * valid).sum() / _normaliser(valid, reduction)
+    if impl != "chunked":
+        raise ValueError(f"KD.CONTEXT.IMPL must be 'fused' or 'chunked', got '{impl}'")
     chunk = N if chunk <= 0 else min(chunk, N)
     total = x_s.new_zeros(())
     for a in range(0, N, chunk):
@@ -166,6 +180,8 @@ class ContextDistillation(DistillLoss):
         self.head = node.TEACHER_HEAD
         # shared with the other BCD loss; registered once, in the Distiller's shared dict
         object.__setattr__(self, "hfa_s", student_hfa(self, cfg, self.student_features, s_ch))
+        if node.IMPL not in ("fused", "chunked"):
+            raise ValueError(f"KD.CONTEXT.IMPL must be 'fused' or 'chunked', got '{node.IMPL}'")
         if node.REDUCTION not in ("row_mean", "element_mean"):
             raise ValueError(f"KD.CONTEXT.REDUCTION must be 'row_mean' or 'element_mean', got '{node.REDUCTION}'")
         if node.RELATION not in ("dot", "cosine"):
@@ -229,7 +245,7 @@ class ContextDistillation(DistillLoss):
             loss = relation_kl(
                 x_s, x_t, valid_c.flatten(1), tau, int(self.node.CHUNK), bool(self.node.CHECKPOINT),
                 observer=self.temperature, reduction=self.node.REDUCTION, relation=self.node.RELATION,
-                cos_tau=float(self.node.COS_TAU),
+                cos_tau=float(self.node.COS_TAU), impl=str(self.node.IMPL),
             )
         return {self.loss_key: loss * (tau * tau if self.node.TAU_SQUARED else 1.0)}
 
