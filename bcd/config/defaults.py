@@ -429,3 +429,8 @@ _C.KD.APD.SCOPE = "gpu_batch"
 _C.KD.APD.DET = CN()
 _C.KD.APD.DET.CANONICAL_BOX_SIZE = 224.0
 _C.KD.APD.DET.CANONICAL_LEVEL = 4
+# Pixel KD switches used by the APD recipe (bcd/distill/losses/pixel_kd.py): REDUCTION "tokens"
+# (mean over pixels, CIRKD) or "elementwise" (KLDivLoss() mean over B·K·H·W, APD); RESIZE
+# "logits" (coarser map to the finer) or "input" (both to the label size, align_corners, APD).
+_C.KD.PIXEL_KD.REDUCTION = "tokens"
+_C.KD.PIXEL_KD.RESIZE = "logits"

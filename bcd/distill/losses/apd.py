@@ -55,6 +55,7 @@ Detectors (extension, not in the code; METHODS §4.6 item 5 [R]): :class:`APDDet
 from __future__ import annotations
 
 import math
+import re
 from contextlib import nullcontext
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -472,7 +473,8 @@ class APDDetection(_APDBase):
     Per configured level pair (``backbone[p3]`` ..): labels from the GT boxes assigned to that
     level by the FPN scale rule (``DET.CANONICAL_BOX_SIZE`` / ``CANONICAL_LEVEL``, level = log2 of
     the teacher feature's stride), background as class ``K`` (its own prototype), other levels'
-    boxes and padding ignored (:func:`detection_level_labels`); then the segmentation terms at
+    boxes and padding ignored (:func:`detection_level_labels`; the level of a feature is the ``N`` of
+    its ``[pN]`` name, else log2 of its stride); then the segmentation terms at
     the level's resolution (``L_soft`` at the level's grid, ``K+1`` classes). One ``Tr_S`` /
     ``Tr_T`` pair shared by all levels (FPN heads are shared across levels too). Terms are
     averaged over the levels.
@@ -490,14 +492,20 @@ class APDDetection(_APDBase):
                 "KD.APD (detection): every configured FPN level must be a B×C×h×w map of one "
                 f"width per side; got student {sorted(widths_s)}, teacher {sorted(widths_t)}"
             )
-        self.levels = []
-        for n in self.teacher_features:
-            stride = teacher_shapes[n].stride
-            if stride <= 0 or abs(math.log2(stride) - round(math.log2(stride))) > 1e-6:
-                raise ValueError(f"KD.APD (detection): feature '{n}' has stride {stride}, not a power of 2")
-            self.levels.append(int(round(math.log2(stride))))
+        self.levels = [self._fpn_level(n, teacher_shapes[n].stride) for n in self.teacher_features]
         self.num_classes = _detector_num_classes(cfg)
         self._build_adapters(widths_s.pop(), widths_t.pop())
+
+    @staticmethod
+    def _fpn_level(name: str, stride: float) -> int:
+        """The FPN level of a feature: from its name (``backbone[p4]`` → 4), else log2(stride)
+        (the probe's stride is inexact for the coarsest levels of a small probe)."""
+        m = re.search(r"\[p(\d+)\]$", name)
+        if m:
+            return int(m.group(1))
+        if stride <= 0 or abs(math.log2(stride) - round(math.log2(stride))) > 1e-6:
+            raise ValueError(f"KD.APD (detection): feature '{name}' has stride {stride}, not a power of 2")
+        return int(round(math.log2(stride)))
 
     def forward(self, student_feats: Dict[str, Any], teacher_feats: Dict[str, Any], ctx: KDContext):
         batch = ctx.teacher_batch

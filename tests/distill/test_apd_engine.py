@@ -1,0 +1,99 @@
+"""APD through tools/train_net.py on the generated demo data (three short processes):
+
+* a run stopped half-way and resumed ends with the same weights as an uninterrupted one,
+  teacher adapter and its Adam state included;
+* the teacher adapter moved by its own optimiser only (the main optimizer does not hold it);
+* model_final.pth holds the student only (no adapter).
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN = os.path.join(ROOT, "tools", "train_net.py")
+TINY = [
+    "MODEL.RESNETS.WIDTH_MULTIPLIER", "0.125", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0",
+    "INPUT.CROP.SIZE", "[64, 64]", "INPUT.BASE_SIZE", "[64, 64]", "SOLVER.LOG_PERIOD", "1",
+    "DATASETS.TEST", "()",
+]
+TR_T = "kd_modules.apd.teacher_adapter."
+
+
+def _run(args, env):
+    proc = subprocess.run([sys.executable, TRAIN, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("apd_engine")
+    env = dict(os.environ, BCD_DATASETS=os.environ.get("BCD_DATASETS", str(tmp / "datasets")))
+    teacher = tmp / "teacher"
+    _run(["--config-file", "configs/demo/teacher_pspnet_r18.yaml", *TINY, "SOLVER.MAX_ITER", "2",
+          "OUTPUT_DIR", str(teacher)], env)
+    kd = ["--config-file", "configs/demo/apd_student_pspnet_r18_w025.yaml", *TINY,
+          "KD.TEACHER.WEIGHTS", str(teacher / "model_final.pth"), "KD.TEACHER.OPTS",
+          "['MODEL.RESNETS.WIDTH_MULTIPLIER', '0.125']", "KD.APD.ADAPT_DIM", "16",
+          # a larger teacher-adapter lr so that its moves are far above rounding
+          "KD.APD.TEACHER_ADAPTER_LR", "0.01",
+          "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2"]
+    full = tmp / "full"
+    _run([*kd, "OUTPUT_DIR", str(full)], env)
+    half = tmp / "half"
+    half.mkdir()
+    shutil.copy(full / "model_0000001.pth", half / "model_0000001.pth")
+    (half / "last_checkpoint").write_text("model_0000001.pth")
+    _run(["--resume", *kd, "OUTPUT_DIR", str(half)], env)
+    return {"full": full, "half": half}
+
+
+def _optim_state(model_state):
+    return model_state["kd_modules.apd._extra_state"]["teacher_adapter_optimizer"]
+
+
+def test_resume_is_exact_with_the_teacher_adapter_and_its_optimiser(runs):
+    a = torch.load(runs["full"] / "model_0000003.pth", weights_only=False)["model"]
+    b = torch.load(runs["half"] / "model_0000003.pth", weights_only=False)["model"]
+    assert set(a) == set(b)
+    assert any(k.startswith(TR_T) for k in a)
+    for k in a:
+        if k.endswith("_extra_state"):
+            continue
+        assert torch.equal(a[k], b[k]), k
+    sa, sb = _optim_state(a), _optim_state(b)
+    assert sa["param_groups"] == sb["param_groups"]
+    assert int(sa["state"][0]["step"]) == 4  # one Adam step per iteration
+    for i in sa["state"]:
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(sa["state"][i][key], sb["state"][i][key]), (i, key)
+
+
+def test_teacher_adapter_is_trained_by_its_own_optimiser_only(runs):
+    ckpt1 = torch.load(runs["full"] / "model_0000001.pth", weights_only=False)
+    ckpt3 = torch.load(runs["full"] / "model_0000003.pth", weights_only=False)
+    # Tr_T moved between the checkpoints
+    w1, w3 = ckpt1["model"][TR_T + "0.weight"], ckpt3["model"][TR_T + "0.weight"]
+    assert (w1 - w3).abs().max() > 1e-4
+    # the main optimizer does not hold it: its groups count the other parameters only
+    n_main = sum(len(g["params"]) for g in ckpt3["optimizer"]["param_groups"])
+    n_trainable = sum(1 for k in ckpt3["model"] if not k.endswith(("running_mean", "running_var",
+                      "num_batches_tracked", "_extra_state", "kd_iteration")))
+    n_tr_t = sum(1 for k in ckpt3["model"] if k.startswith(TR_T))
+    assert n_tr_t == 4 and n_main == n_trainable - n_tr_t
+    assert _optim_state(ckpt3["model"])["param_groups"][0]["lr"] == pytest.approx(0.01)  # constant
+
+
+def test_model_final_is_the_student_only(runs):
+    final = torch.load(runs["full"] / "model_final.pth", weights_only=False)["model"]
+    assert not any(k.startswith(("kd_modules", "student.", "teacher")) or "adapter" in k for k in final)
+    import json
+
+    lines = [json.loads(l) for l in open(runs["full"] / "metrics.json") if l.strip()]
+    it0 = next(l for l in lines if l.get("iteration") == 0)
+    assert {"loss_kd_apd", "loss_kd_apd_pa", "apd_soft", "loss_kd_pixel"} <= set(it0)
+    assert it0["apd_soft"] > 0
