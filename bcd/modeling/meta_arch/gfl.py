@@ -308,7 +308,9 @@ class GFL(DenseDetector):
 
     # ------------------------------------------------------------------ training
     def losses(self, batch: ImageBatch, outputs: Dict[str, Any]) -> Dict[str, Tensor]:
-        labels, gt_boxes = outputs["assignment"]["labels"], outputs["assignment"]["boxes"]
+        # the ATSS assignment forward_train published (computed here when absent)
+        assignment = outputs.get("assignment") or self.assignment(outputs["anchors"], batch.instances)
+        labels, gt_boxes = assignment["labels"], assignment["boxes"]
         cls, dist, centers, strides = self.flatten_outputs(outputs)
         B, M, K = cls.shape
         pos = (labels >= 0) & (labels < K)

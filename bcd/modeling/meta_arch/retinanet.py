@@ -145,9 +145,11 @@ class RetinaNet(DenseDetector):
         return {"labels": labels, "boxes": boxes}
 
     def losses(self, batch: ImageBatch, outputs: Dict[str, Any]) -> Dict[str, Tensor]:
-        """Focal + L1 losses of ``outputs`` (``extract`` + ``"assignment"``)."""
+        """Focal + L1 losses of ``outputs`` (``extract``'s, with the ``"assignment"`` that
+        ``forward_train`` publishes; computed here when absent)."""
         anchors = torch.cat(outputs["anchors"])
-        gt_labels, gt_boxes = outputs["assignment"]["labels"], outputs["assignment"]["boxes"]
+        assignment = outputs.get("assignment") or self.assignment(outputs["anchors"], batch.instances)
+        gt_labels, gt_boxes = assignment["labels"], assignment["boxes"]
         cls = flatten_levels(outputs["cls_logits"], self.num_classes)
         reg = flatten_levels(outputs["bbox_reg"], 4)
         valid = gt_labels >= 0
