@@ -33,6 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# line_max below is the reference; the loss uses the equal, faster shared-sub-line version
+# (projects/bcd/benchmarks/: ~1.8x less CPU time at r = 5)
+from ..functional.line_max import line_max_views
 from ._functional import build_temperature, masked_kl
 from .base import DistillLoss, KDContext, as_tensor_feature
 from .bcd_hfa import HFA, IdentityHFA, frozen_norm_stats, grid_size, student_hfa, student_hfa_key
@@ -348,8 +351,8 @@ class BoundaryDistillation(DistillLoss):
             t_for_kd = t_logit if self.head == "literal_joint" else t_logit.detach()
             kd = self.unary_kd(s_logit, t_for_kd, valid, tau)
         else:
-            m_s = line_max(s_logit, self.radius, -1e4)
-            m_t = line_max(t_logit, self.radius, -1e4)
+            m_s = line_max_views(s_logit, self.radius, -1e4)
+            m_t = line_max_views(t_logit, self.radius, -1e4)
             m_t_kd = m_t if self.head == "literal_joint" else m_t.detach()
             kd = self.pairwise_kd(m_s, m_t_kd, valid, tau)
         out[self.loss_key] = kd
@@ -357,7 +360,7 @@ class BoundaryDistillation(DistillLoss):
             key = self.aux_loss_keys[0]
             if fitting:
                 if m_t is None:
-                    m_t = line_max(t_logit, self.radius, -1e4)
+                    m_t = line_max_views(t_logit, self.radius, -1e4)
                 labels = self._pseudo_labels(ctx, size)
                 out[key] = self.node.PSEUDO_AFFINITY_WEIGHT * pseudo_affinity_loss(
                     m_t, labels, valid, self.radius, int(self.node.BG_CLASS)
