@@ -574,9 +574,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             print(f"{name} [{spec['task']}] {spec['what']}: " + ", ".join(spec["sets"]))
         return {}
     # glibc raises its mmap threshold after large frees and then keeps freed blocks resident, so a
-    # warm-up would hide the next step's peak from VmHWM; a fixed threshold returns them (the
-    # measuring processes are spawned after this and inherit it)
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+    # warm-up would hide the next step's peak from VmHWM; a fixed threshold returns blocks of 4 MiB
+    # and more (the measuring processes are spawned after this and inherit it). Not lower: every
+    # mmap is page-faulted anew, which slows steps made of many small tensors.
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 * 2**20))
     if args.clock == "cpu" and str(args.device).startswith("cuda"):
         raise SystemExit("--clock cpu measures CPU work; use the wall clock on CUDA")
     timing = {"clock": args.clock, "threads": args.threads}
