@@ -73,10 +73,14 @@ def test_eval_boxes_rescaled_to_original_size(tiny_cfg):
     model.predict_level = fixed
     with torch.no_grad():
         inst = model(_inputs(sizes=((64, 96),)))[0]["instances"]
-    # height 128 / 64 = 2, width 288 / 96 = 3; p7 (stride 128) box is clipped to the 64x96 input
+    # height 128 / 64 = 2, width 288 / 96 = 3. Boxes are clipped to the 64x96 input and empty ones
+    # dropped (as Detectron2 does): the p7 (stride 128) and p6 (stride 64) boxes clip to nothing,
+    # so the top box is p5's [42, 52, 62, 72] clipped to [42, 52, 62, 64].
     assert inst.image_size == (128, 288)
+    assert len(inst) == 3 and not ((inst.scores - 0.628).abs() < 1e-6).any()
     top = inst.pred_boxes[inst.scores.argmax()]
-    torch.testing.assert_close(top, torch.tensor([96.0 * 3, 64 * 2, 96 * 3, 64 * 2]))
+    torch.testing.assert_close(inst.scores.max(), torch.tensor(0.532))
+    torch.testing.assert_close(top, torch.tensor([42.0 * 3, 52 * 2, 62 * 3, 64 * 2]))
     k = (inst.scores - 0.508).abs().argmin()
     torch.testing.assert_close(inst.pred_boxes[k], torch.tensor([18.0 * 3, 28 * 2, 38 * 3, 48 * 2]))
 
