@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import statistics
+import sys
 
 import pytest
 import torch
@@ -13,10 +14,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("bcd_benchmark", os.path.join(REPO, "tools", "benchmark.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """tools/benchmark.py imported by its name from tools/ (the spawned measuring processes
+    import it again by that name, from the parent's sys.path)."""
+    tools = os.path.join(REPO, "tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    return importlib.import_module("benchmark")
 
 
 def test_total_loss_sums_exactly_the_trainer_keys():
