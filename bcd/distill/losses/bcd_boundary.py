@@ -26,7 +26,6 @@ Temperature: adaptive controller (§2.7), statistic = the teacher's row softmax.
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -35,7 +34,7 @@ from torch import Tensor, nn
 
 # line_max below is the reference; the loss uses the equal, faster shared-sub-line version
 # (projects/bcd/benchmarks/: ~1.8x less CPU time at r = 5)
-from ..functional.line_max import line_max_views
+from ..functional.line_max import disk_directions, half_plane_directions, line_max_views, line_offsets
 from ._functional import build_temperature, masked_kl
 from .base import DistillLoss, KDContext, as_tensor_feature
 from .bcd_hfa import HFA, IdentityHFA, frozen_norm_stats, grid_size, student_hfa, student_hfa_key
@@ -61,36 +60,7 @@ _TEACHER_HEADS = ("pseudo_affinity", "literal_joint", "frozen_random", "shared_s
 # ---------------------------------------------------------------------------------------------
 # Line-max geometry
 # ---------------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
-def half_plane_directions(radius: int) -> Tuple[Tuple[int, int], ...]:
-    """IRNet's half-plane displacements ``(dy, dx)``: ``(0, x>0)`` and ``(y>0, any x)`` in the disk."""
-    out = [(0, x) for x in range(1, radius)]
-    for y in range(1, radius):
-        for x in range(-radius + 1, radius):
-            if x * x + y * y < radius * radius:
-                out.append((y, x))
-    return tuple(out)
-
-
-@lru_cache(maxsize=None)
-def disk_directions(radius: int) -> Tuple[Tuple[int, int], ...]:
-    """All displacements ``0 < dy²+dx² < r²``: the half plane, then its opposites (same order)."""
-    half = half_plane_directions(radius)
-    return half + tuple((-dy, -dx) for dy, dx in half)
-
-
-@lru_cache(maxsize=None)
-def line_offsets(dy: int, dx: int) -> Tuple[Tuple[int, int], ...]:
-    """``Ω(δ)``: integer offsets in the bounding box of ``0→δ`` with squared perpendicular
-    distance < 1 to the line through 0 and δ (endpoints included)."""
-    n2 = dy * dy + dx * dx
-    out = []
-    for y in range(min(0, dy), max(0, dy) + 1):
-        for x in range(min(0, dx), max(0, dx) + 1):
-            cross = y * dx - x * dy
-            if cross * cross < n2:
-                out.append((y, x))
-    return tuple(out)
+# half_plane_directions, disk_directions, line_offsets: one owner, bcd/distill/functional/line_max.py
 
 
 def shift(x: Tensor, dy: int, dx: int, pad_value: float) -> Tensor:
