@@ -24,13 +24,14 @@ import colorsys
 import logging
 import os
 import shutil
-import tempfile
 import time
 from typing import Any, Dict, List, Tuple
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from bcd.utils.file_io import build_dir_atomically
 
 from . import get_datasets_root
 from .sem_seg import default_colors, load_sem_seg, register_sem_seg
@@ -262,20 +263,7 @@ def build_demo_sem_seg(root: str | None = None, overwrite: bool = False) -> str:
                     return final
             logger.info("Demo dataset at %s is from another version: rebuilding it", final)
         shutil.rmtree(final, ignore_errors=True)
-    parent = os.path.dirname(os.path.abspath(final))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{DEMO_DIRNAME}.tmp-", dir=parent)
-    try:
-        content = os.path.join(tmp, DEMO_DIRNAME)
-        _write_dataset(content)
-        try:
-            os.rename(content, final)
-        except OSError:
-            if not os.path.isdir(final):  # a real failure, not a lost race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_dir_atomically(final, _write_dataset)
 
 
 def ensure_demo_sem_seg(root: str | None = None) -> str:

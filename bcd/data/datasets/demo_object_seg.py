@@ -22,12 +22,13 @@ import argparse
 import logging
 import os
 import shutil
-import tempfile
 from typing import Any, Dict, List, Tuple
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from bcd.utils.file_io import build_dir_atomically
 
 from . import get_datasets_root
 from .object_seg import load_object_seg, register_object_seg
@@ -163,20 +164,7 @@ def build_demo_object_seg(root: str | None = None, overwrite: bool = False) -> s
                     return final
         logger.info("Generated object-segmentation data at %s is incomplete or old: rebuilding", final)
     shutil.rmtree(final, ignore_errors=True)
-    parent = os.path.dirname(os.path.abspath(final))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{DEMO_DIRNAME}.tmp-", dir=parent)
-    try:
-        content = os.path.join(tmp, DEMO_DIRNAME)
-        _write(content)
-        try:
-            os.rename(content, final)
-        except OSError:
-            if not os.path.isdir(final):  # a real failure, not a lost race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_dir_atomically(final, _write)
 
 
 def ensure_demo_object_seg(root: str | None = None) -> str:
