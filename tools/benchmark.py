@@ -6,6 +6,8 @@
     python tools/benchmark.py --detection [...]          # the detector pairs (default: segmentation)
     python tools/benchmark.py --relation [...]           # the relation-loss kernels only
     python tools/benchmark.py --list                     # pairs and loss sets
+    python tools/benchmark.py --merge A/benchmark_det.json B/benchmark_det.json --output DIR
+                                                         # one report from runs split over processes
 
 Pairs (``PAIRS``; random weights, the cost does not depend on training): the paper's sizes,
 PSPNet-R101 → PSPNet-R18 and DeepLabV3+-R101 → DeepLabV3+-MobileNetV2 at 512×512,
@@ -157,16 +159,14 @@ PAIRS: Dict[str, Dict[str, Any]] = {
         "what": "demo GFL R18×0.5 → R18×0.25",
     },
 }
-# Cascade Mask R-CNN (issue 11) joins when its COCO configs exist.
-if os.path.exists(_c("configs/coco/cascade_mask_rcnn_r101.yaml")) and _det_sets("configs/coco", "cascade_mask_rcnn"):
-    PAIRS["cascade_mask_rcnn_r101_r50"] = {
-        "task": "det", "teacher": "configs/coco/cascade_mask_rcnn_r101.yaml", "size": (800, 1333),
-        "sets": _det_sets("configs/coco", "cascade_mask_rcnn"),
-        "what": "Cascade Mask R-CNN R101-FPN → R50-FPN, COCO heads",
-    }
+PAIRS["cascade_mask_rcnn_r101_r50"] = {
+    "task": "det", "teacher": "configs/coco/cascade_mask_rcnn_r101.yaml", "size": (800, 1333),
+    "sets": _det_sets("configs/coco", "cascade_mask_rcnn"),
+    "what": "Cascade Mask R-CNN R101-FPN → R50-FPN (box and mask heads), COCO heads",
+}
 
 DEFAULT_PAIRS = {"seg": ["pspnet_r101_r18", "deeplabv3plus_r101_mobilenetv2"],
-                 "det": [p for p in ("retinanet_r101_r50", "gfl_r101_r50", "cascade_mask_rcnn_r101_r50") if p in PAIRS]}
+                 "det": ["retinanet_r101_r50", "gfl_r101_r50", "cascade_mask_rcnn_r101_r50"]}
 
 
 # ----------------------------------------------------------------------------------- memory
@@ -226,8 +226,13 @@ def seg_inputs(size: Tuple[int, int], batch: int, classes: int) -> List[Dict[str
             for _ in range(batch)]
 
 
-def det_inputs(size: Tuple[int, int], batch: int, classes: int, boxes: int = 8) -> List[Dict[str, Any]]:
-    """Random images with ``boxes`` random boxes each (``Instances`` as the detection mapper)."""
+def det_inputs(size: Tuple[int, int], batch: int, classes: int, boxes: int = 8,
+               masks: bool = False) -> List[Dict[str, Any]]:
+    """Random images with ``boxes`` random boxes each (``Instances`` as the detection mapper).
+
+    ``masks``: also ``gt_masks`` (``boxes×H×W`` uint8, each box filled), as the mapper gives
+    ``MODEL.MASK_ON`` models.
+    """
     from bcd.structures import Instances
 
     g = torch.Generator().manual_seed(0)
@@ -239,6 +244,11 @@ def det_inputs(size: Tuple[int, int], batch: int, classes: int, boxes: int = 8) 
         inst = Instances((h, w))
         inst.gt_boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([w, h]))], 1)
         inst.gt_classes = torch.randint(0, classes, (boxes,), generator=g)
+        if masks:
+            m = torch.zeros(boxes, h, w, dtype=torch.uint8)
+            for i, (x0, y0, x1, y1) in enumerate(inst.gt_boxes.round().long().tolist()):
+                m[i, y0:y1, x0:x1] = 1
+            inst.gt_masks = m
         out.append({"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
                     "instances": inst, "height": h, "width": w})
     return out
@@ -301,7 +311,10 @@ def measure_pair(pair: str, loss_set: str, batch: int, warmup: int, iters: int, 
     model = build_model(cfg)
     model.train()
     classes = _num_classes(cfg, spec["task"])
-    inputs = (seg_inputs if spec["task"] == "seg" else det_inputs)(size, batch, classes)
+    if spec["task"] == "seg":
+        inputs = seg_inputs(size, batch, classes)
+    else:
+        inputs = det_inputs(size, batch, classes, masks=bool(cfg.MODEL.MASK_ON))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
     student, teacher = model.student, model.teacher
@@ -487,10 +500,26 @@ def _fmt_t(xs: List[float]) -> str:
     return f"{statistics.median(xs):.3f} ({min(xs):.3f}–{max(xs):.3f})"
 
 
-def write_report(res: Dict[str, Any], out: str, name: str) -> None:
-    """``OUTPUT/<name>.json`` and ``.md`` (tables per pair)."""
+def flop_ratio(r: Dict[str, Any]) -> float:
+    """The arithmetic floor of the ratio: FLOPs(KD step) / (FLOPs(student step) + FLOPs(teacher fwd)).
+
+    What the time ratio would be if the loss's products ran as fast as the networks' (element-wise
+    work is not counted, so it is a lower bound); time ratio ÷ FLOP ratio says how far a step sits
+    above that floor.
+    """
+    f = r["flops"]
+    return f["kd"] / max(1, f["student"] + f["teacher"])
+
+
+def write_report(res: Dict[str, Any], out: str, name: str, stamp_load: bool = True) -> None:
+    """``OUTPUT/<name>.json`` and ``.md`` (tables per pair).
+
+    ``stamp_load``: record the load average now as the last write's (False when merging runs:
+    the merged runs' highest is kept).
+    """
     os.makedirs(out, exist_ok=True)
-    res["machine"]["load_average_now"] = list(os.getloadavg())
+    if stamp_load:
+        res["machine"]["load_average_now"] = list(os.getloadavg())
     with open(os.path.join(out, name + ".json"), "w") as f:
         json.dump(res, f, indent=2)
     m = res["machine"]
@@ -500,28 +529,32 @@ def write_report(res: Dict[str, Any], out: str, name: str) -> None:
           f"{m.get('load_average_start', ['?'])[0]:.1f}, at the last write {m['load_average_now'][0]:.1f}; "
           f"clock: {'process CPU time' if res.get('clock') == 'cpu' else 'wall time'}, "
           f"{res.get('threads')} thread(s) per measuring process."
-          + (f" {res['note']}" if res.get("note") else ""), "",
+          + (f" {res['note']}" if res.get("note") else "")
+          + (f" Merged from {len(res['merged_from'])} runs (`--merge`)." if res.get("merged_from") else ""), "",
           "Method (tools/benchmark.py): per (pair, loss set) a fresh process times, interleaved, the KD "
           "step, the plain student step and the teacher forward (warm-up rounds first); times are the "
           "median (min–max) over the timed rounds. Ratio = median(KD step) / (median(student step) + "
           "median(teacher forward)), the loss sums exactly the trainer's `loss*` entries; its spread is "
           "that of the per-round ratios. Extra memory = KD step peak − max(student step peak, teacher "
           "forward peak). Loss GFLOPs = FlopCounterMode(KD step) − (student step) − (teacher forward): "
-          "matrix products and convolutions only.", ""]
+          "matrix products and convolutions only. FLOP ratio = FLOPs(KD step) / (FLOPs(student step) + "
+          "FLOPs(teacher forward)): the ratio's arithmetic floor.", ""]
     for pair, block in res.get("pairs", {}).items():
         spec = PAIRS[pair]
         md += [f"## {pair}: {spec['what']}", "",
                f"Batch {res['batch']} of {block['size'][0]}×{block['size'][1]}; {res['warmup']} warm-up + "
                f"{res['iters']} timed rounds.", "",
-               "| loss set | KD step (s) | student step (s) | teacher fwd (s) | ratio (spread) | extra peak (MiB) | loss GFLOPs |",
-               "|---|---|---|---|---|---|---|"]
+               "| loss set | KD step (s) | student step (s) | teacher fwd (s) | ratio (spread) | FLOP ratio "
+               "| extra peak (MiB) | loss GFLOPs |",
+               "|---|---|---|---|---|---|---|---|"]
         for ls, r in block["losses"].items():
             if "error" in r:
-                md.append(f"| {ls} | failed: {r['error'].splitlines()[0][:120]} | | | | | |")
+                md.append(f"| {ls} | failed: {r['error'].splitlines()[0][:120]} | | | | | | |")
                 continue
             t = r["times_s"]
             md.append(f"| {ls} | {_fmt_t(t['kd'])} | {_fmt_t(t['student'])} | {_fmt_t(t['teacher'])} | "
                       f"{r['ratio']:.2f} ({r['ratio_spread'][0]:.2f}–{r['ratio_spread'][1]:.2f}) | "
+                      f"{flop_ratio(r):.2f} | "
                       f"{r['extra_peak_bytes'] / 2**20:.0f} | {r['loss_flops'] / 1e9:.1f} |")
         md.append("")
     if res.get("relation"):
@@ -545,12 +578,81 @@ def write_report(res: Dict[str, Any], out: str, name: str) -> None:
         f.write("\n".join(md) + "\n")
 
 
+# ----------------------------------------------------------------------------------- merging runs
+#: Settings that must agree for measurements to share one table (the machine's identity too).
+_MERGE_KEYS = ("batch", "warmup", "iters", "clock", "threads")
+_MACHINE_KEYS = ("cpu", "cpu_count", "torch", "device", "gpu", "threads")
+
+
+def merge_results(paths: Sequence[str]) -> Dict[str, Tuple[Dict[str, Any], List[str]]]:
+    """Combine ``benchmark_<task>.json`` files of earlier runs into one result per file name.
+
+    Runs split over processes or nights (e.g. two one-thread runs side by side on a 2-core CPU)
+    become one table per pair; measurements are copied, not re-run. Returns
+    ``{name: (result, [source paths])}``.
+
+    Raises:
+        SystemExit: a file that is not a benchmark result, runs of one name made with different
+            settings (``batch``, ``warmup``, ``iters``, ``clock``, ``threads``) or on different
+            machines (CPU model, torch, device, GPU), or the same (pair, loss set) in two files.
+            The message names the files and the key.
+    """
+    merged: Dict[str, Tuple[Dict[str, Any], List[str]]] = {}
+    seen: Dict[Tuple[str, str, str], str] = {}
+    for path in paths:
+        name = os.path.splitext(os.path.basename(path))[0]
+        try:
+            with open(path) as f:
+                res = json.load(f)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--merge: cannot read {path}: {e}")
+        if not name.startswith("benchmark_") or "machine" not in res:
+            raise SystemExit(f"--merge: {path} is not a tools/benchmark.py result (benchmark_<task>.json)")
+        if name not in merged:
+            res["machine"].setdefault("load_average_now", [0.0])
+            res.setdefault("pairs", {})
+            merged[name] = (res, [path])
+            for pair, block in res["pairs"].items():
+                for ls in block["losses"]:
+                    seen[(name, pair, ls)] = path
+            continue
+        base, sources = merged[name]
+        for key in _MERGE_KEYS:
+            if base.get(key) != res.get(key):
+                raise SystemExit(f"--merge: {path} has {key} = {res.get(key)!r}, {sources[0]} has "
+                                 f"{base.get(key)!r}; one table needs one setting")
+        for key in _MACHINE_KEYS:
+            if base["machine"].get(key) != res["machine"].get(key):
+                raise SystemExit(f"--merge: {path} ran on machine {key} = {res['machine'].get(key)!r}, "
+                                 f"{sources[0]} on {base['machine'].get(key)!r}; merge runs of one machine only")
+        for pair, block in res.get("pairs", {}).items():
+            dest = base["pairs"].setdefault(pair, {"size": block["size"], "losses": {}})
+            if dest["size"] != block["size"]:
+                raise SystemExit(f"--merge: pair {pair} is {block['size']} in {path} but {dest['size']} "
+                                 f"in {sources[0]}")
+            for ls, r in block["losses"].items():
+                if (name, pair, ls) in seen:
+                    raise SystemExit(f"--merge: {pair} / {ls} is in both {seen[(name, pair, ls)]} and {path}")
+                seen[(name, pair, ls)] = path
+                dest["losses"][ls] = r
+        for key in ("load_average_start", "load_average_now"):
+            a, b = base["machine"].get(key, [0.0]), res["machine"].get(key, [0.0])
+            base["machine"][key] = a if a[0] >= b[0] else b
+        sources.append(path)
+    for res, sources in merged.values():
+        res["merged_from"] = list(sources)
+    return merged
+
+
 # ----------------------------------------------------------------------------------- main
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--detection", action="store_true", help="detector pairs (default: segmentation)")
     ap.add_argument("--relation", action="store_true", help="only the relation-KL and line-max kernels")
     ap.add_argument("--list", action="store_true", help="print the pairs and loss sets and exit")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="combine benchmark_<task>.json files of earlier runs into one report in --output "
+                         "(nothing is measured)")
     ap.add_argument("--pairs", nargs="*", default=None, help="pair names (see --list)")
     ap.add_argument("--losses", nargs="*", default=None, help="loss-set names (default: all of each pair)")
     ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="override the pair's input size")
@@ -573,6 +675,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         for name, spec in PAIRS.items():
             print(f"{name} [{spec['task']}] {spec['what']}: " + ", ".join(spec["sets"]))
         return {}
+    if args.merge:
+        out = {}
+        for name, (res, sources) in merge_results(args.merge).items():
+            write_report(res, args.output, name, stamp_load=False)
+            print(f"{name}: {len(sources)} runs -> {os.path.join(args.output, name)}.{{json,md}}")
+            out[name] = res
+        return out
     # glibc raises its mmap threshold after large frees and then keeps freed blocks resident, so a
     # warm-up would hide the next step's peak from VmHWM; a fixed threshold returns blocks of 4 MiB
     # and more (the measuring processes are spawned after this and inherit it). Not lower: every

@@ -63,7 +63,66 @@ def test_benchmark_reports_detector_ratio(tmp_path):
     assert r["ratio_spread"] == [min(per_round), max(per_round)]
     assert r["loss_flops"] == r["flops"]["kd"] - r["flops"]["student"] - r["flops"]["teacher"]
     assert r["loss_flops"] >= 0  # PKD: element-wise only (FlopCounterMode counts products)
+    assert mod.flop_ratio(r) == r["flops"]["kd"] / (r["flops"]["student"] + r["flops"]["teacher"]) >= 1
     saved = json.load(open(os.path.join(out, "benchmark_det.json")))
     assert saved["pairs"]["demo_retinanet"]["losses"]["PKD"]["ratio"] == r["ratio"]
     md = open(os.path.join(out, "benchmark_det.md")).read()
     assert "| PKD |" in md and "Ratio = median(KD step)" in md and "Machine:" in md
+
+
+def test_detection_inputs_carry_box_masks_for_mask_models():
+    mod = _tool()
+    (a,) = mod.det_inputs((40, 60), 1, 3, boxes=4, masks=True)
+    inst = a["instances"]
+    assert inst.gt_masks.shape == (4, 40, 60) and inst.gt_masks.dtype == torch.uint8
+    for m, (x0, y0, x1, y1) in zip(inst.gt_masks, inst.gt_boxes.round().long().tolist()):
+        assert int(m.sum()) == (x1 - x0) * (y1 - y0) and int(m[y0:y1, x0:x1].min()) == 1
+    (b,) = mod.det_inputs((40, 60), 1, 3, boxes=4)
+    assert not b["instances"].has("gt_masks")
+
+
+def _fake_run(tmp_path, name, pair, sets, **over):
+    """A result file as main() writes it (measurement records reduced to what the report reads)."""
+    res = {"machine": {"cpu": "X", "cpu_count": 2, "torch": "t", "device": "cpu", "threads": 1,
+                       "load_average_start": [0.5], "load_average_now": [1.5]},
+           "note": "", "batch": 2, "warmup": 1, "iters": 2, "clock": "cpu", "threads": 1,
+           "pairs": {pair: {"size": [512, 512], "losses": {}}}}
+    for s, ratio in sets.items():
+        res["pairs"][pair]["losses"][s] = {
+            "times_s": {"kd": [ratio, ratio], "student": [0.5, 0.5], "teacher": [0.5, 0.5]},
+            "ratio": ratio, "ratio_spread": [ratio, ratio], "extra_peak_bytes": 2**20, "loss_flops": 1e9,
+            "flops": {"kd": 3e9, "student": 1e9, "teacher": 1e9}}
+    res.update(over)
+    folder = tmp_path / name
+    folder.mkdir()
+    path = folder / "benchmark_seg.json"
+    path.write_text(json.dumps(res))
+    return str(path)
+
+
+def test_merge_combines_runs_into_one_table_and_refuses_mixed_settings(tmp_path):
+    mod = _tool()
+    a = _fake_run(tmp_path, "a", "pspnet_r101_r18", {"BCD (both)": 1.3})
+    b = _fake_run(tmp_path, "b", "pspnet_r101_r18", {"pixel KD": 1.01})
+    c = _fake_run(tmp_path, "c", "deeplabv3plus_r101_mobilenetv2", {"BCD (both)": 1.1})
+    out = str(tmp_path / "merged")
+    res = mod.main(["--merge", a, b, c, "--output", out])["benchmark_seg"]
+    assert list(res["pairs"]["pspnet_r101_r18"]["losses"]) == ["BCD (both)", "pixel KD"]
+    assert res["pairs"]["deeplabv3plus_r101_mobilenetv2"]["losses"]["BCD (both)"]["ratio"] == 1.1
+    assert res["merged_from"] == [a, b, c]
+    md = open(os.path.join(out, "benchmark_seg.md")).read()
+    assert "| pixel KD |" in md and "| BCD (both) |" in md and "Merged from 3 runs" in md
+    assert "| 1.01 (1.01–1.01) | 1.50 |" in md  # time ratio, then the FLOP ratio 3 / (1 + 1)
+    assert json.load(open(os.path.join(out, "benchmark_seg.json")))["pairs"].keys() == res["pairs"].keys()
+    # the same measurement twice, other settings, another machine: refused, naming file and key
+    with pytest.raises(SystemExit, match="pixel KD is in both"):
+        mod.main(["--merge", b, b, "--output", out])
+    d = _fake_run(tmp_path, "d", "pspnet_r101_r18", {"FitNet": 1.0}, iters=5)
+    with pytest.raises(SystemExit, match=r"iters = 5.*one table needs one setting"):
+        mod.main(["--merge", a, d, "--output", out])
+    e = _fake_run(tmp_path, "e", "pspnet_r101_r18", {"FitNet": 1.0})
+    j = json.load(open(e))
+    j["machine"]["cpu"] = "Y"
+    open(e, "w").write(json.dumps(j))
+    with pytest.raises(SystemExit, match="machine cpu"):
+        mod.main(["--merge", a, e, "--output", out])
