@@ -83,6 +83,7 @@ def _seg_sets(bcd_cfg: str, extra: Dict[str, LossSet]) -> Dict[str, LossSet]:
         "CIRKD": (bcd_cfg, ["CIRKD"], []),
         "CIRKD, chunked": (bcd_cfg, ["CIRKD"], ["KD.CIRKD.IMPL", "chunked"]),
         "APD": (bcd_cfg, ["APD"], []),
+        "APD + BCD": (bcd_cfg, ["APD", _BD, _CD], []),
     }
     sets.update(extra)
     return sets
