@@ -105,7 +105,7 @@ def _det_sets(prefix: str, arch: str) -> Dict[str, LossSet]:
         "BCD + PKD": (f"{prefix}/bcd_pkd_{arch}_r50.yaml", None, []),
         "BCD + FGD": (f"{prefix}/bcd_fgd_{arch}_r50.yaml", None, []),
         "BCD + CWD": (f"{prefix}/bcd_cwd_{arch}_r50.yaml", None, []),
-        "APD": (bcd, ["APDDetection"], []),
+        "APD": (f"{prefix}/apd_{arch}_r50.yaml", None, []),
     }
     if arch == "gfl":
         sets["LD"] = (f"{prefix}/ld_gfl_r50.yaml", None, [])
