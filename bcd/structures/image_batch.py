@@ -61,6 +61,28 @@ class ImageBatch:
             valid = valid & (lab != ignore_value)
         return valid
 
+    def box_label_map(self, size: Tuple[int, int]) -> Tensor:
+        """``B×h×w`` long: on an ``h×w`` grid covering the padded tensor, ``gt_classes + 1`` of the
+        smallest ground-truth box containing each cell's centre, 0 where no box does.
+
+        Boxes are ``instances[i].gt_boxes`` (``M×4`` XYXY in input pixels, a tensor or an object
+        with ``.tensor``); overlapping boxes: the smaller one wins. An image without instances
+        (or a batch without ``instances``) is all 0.
+        """
+        B, _, H, W = self.tensor.shape
+        h, w = size
+        out = torch.zeros(B, h, w, dtype=torch.long, device=self.device)
+        ys = (torch.arange(h, device=self.device) + 0.5) * (H / h)
+        xs = (torch.arange(w, device=self.device) + 0.5) * (W / w)
+        for n, inst in enumerate(self.instances or []):
+            boxes = inst.gt_boxes.tensor if hasattr(inst.gt_boxes, "tensor") else inst.gt_boxes
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            for i in torch.argsort(area, descending=True).tolist():  # small boxes last: they win
+                x0, y0, x1, y1 = boxes[i].tolist()
+                m = (ys[:, None] >= y0) & (ys[:, None] < y1) & (xs[None] >= x0) & (xs[None] < x1)
+                out[n][m] = int(inst.gt_classes[i]) + 1
+        return out
+
 
 def pad_to_divisible(
     tensors: Sequence[Tensor], size_divisibility: int = 0, pad_value: float = 0.0

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bcd.config import CfgNode as CN
@@ -125,6 +126,35 @@ class KDContext:
             else:
                 B = batch.tensor.shape[0]
                 self.cache[key] = torch.ones(B, *size, dtype=torch.bool, device=batch.tensor.device)
+        return self.cache[key]
+
+    def pseudo_labels(self, size: Tuple[int, int]) -> Tensor:
+        """``B×h×w`` long dense class labels of the teacher's batch on an ``h×w`` grid, for losses
+        that need a segmentation of the scene without the student's prediction (e.g. the
+        pseudo-affinity fit of BCD's teacher boundary head, docs/methods.md §2.4).
+
+        A teacher that publishes dense ``"logits"`` (``B×K×h'×w'``, segmentors): their argmax after
+        bilinear resizing. Otherwise the ground-truth boxes the batch carries (detectors):
+        :meth:`ImageBatch.box_label_map` (class + 1 of the smallest covering box, 0 = background).
+        Cached per step.
+
+        Raises:
+            ValueError: the teacher publishes no dense logits and the batch has no instances.
+        """
+        key = f"pseudo_labels/{size[0]}x{size[1]}"
+        if key not in self.cache:
+            outputs = self.teacher_outputs if isinstance(self.teacher_outputs, dict) else {}
+            logits = outputs.get("logits")
+            if isinstance(logits, Tensor) and logits.dim() == 4:
+                labels = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False).argmax(1)
+            elif getattr(self.teacher_batch, "instances", None) is not None:
+                labels = self.teacher_batch.box_label_map(size)
+            else:
+                raise ValueError(
+                    "no dense labels for this step: the teacher publishes no 'logits' (B×K×h×w) and "
+                    "the batch carries no ground-truth instances"
+                )
+            self.cache[key] = labels
         return self.cache[key]
 
     def cached(self, key: str, fn: Callable[[], Any]) -> Any:

@@ -144,24 +144,6 @@ def pseudo_affinity_loss(
     return 0.5 * (same_term + _mean(neg, diff))
 
 
-def _box_labels(batch: Any, size: Tuple[int, int]) -> Tensor:
-    """Detection pseudo labels on the grid: class+1 of the smallest covering GT box, else 0."""
-    B = len(batch)
-    H, W = batch.tensor.shape[-2:]
-    h, w = size
-    out = torch.zeros(B, h, w, dtype=torch.long, device=batch.device)
-    ys = (torch.arange(h, device=batch.device) + 0.5) * (H / h)
-    xs = (torch.arange(w, device=batch.device) + 0.5) * (W / w)
-    for n, inst in enumerate(batch.instances or []):
-        boxes = inst.gt_boxes.tensor if hasattr(inst.gt_boxes, "tensor") else inst.gt_boxes
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        for i in torch.argsort(area, descending=True).tolist():  # small boxes last: they win
-            x0, y0, x1, y1 = boxes[i].tolist()
-            m = (ys[:, None] >= y0) & (ys[:, None] < y1) & (xs[None] >= x0) & (xs[None] < x1)
-            out[n][m] = int(inst.gt_classes[i]) + 1
-    return out
-
-
 def pairwise_boundary_kl(
     m_s: Tensor,
     m_t: Tensor,
@@ -339,16 +321,12 @@ class BoundaryDistillation(DistillLoss):
                 out[key] = s_logit.new_zeros(())  # frozen head: nothing to train
         return out
 
-    def _pseudo_labels(self, ctx: KDContext, size: Tuple[int, int]) -> Tensor:
-        logits = ctx.teacher_outputs.get("logits") if isinstance(ctx.teacher_outputs, dict) else None
-        if isinstance(logits, Tensor) and logits.dim() == 4:
-            return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False).argmax(1)
-        if ctx.teacher_batch.instances is not None:
-            return _box_labels(ctx.teacher_batch, size)
-        raise ValueError(
-            "KD.BOUNDARY.TEACHER_HEAD pseudo_affinity needs teacher 'logits' (segmentation) or GT "
-            "instances (detection); choose another TEACHER_HEAD"
-        )
+    @staticmethod
+    def _pseudo_labels(ctx: KDContext, size: Tuple[int, int]) -> Tensor:
+        try:
+            return ctx.pseudo_labels(size)
+        except ValueError as e:
+            raise ValueError(f"KD.BOUNDARY.TEACHER_HEAD pseudo_affinity: {e}; choose another TEACHER_HEAD") from e
 
     def _domain(self, m: Tensor) -> Tensor:
         return torch.sigmoid(m) if self.node.DOMAIN == "prob" else m
