@@ -416,8 +416,10 @@ def measure_relation(impl: str, tokens: int, channels: int, batch: int, device: 
                      threads: int = 0) -> Dict[str, Any]:
     """BCD context relation KL (mean over rows, forward + backward) at ``tokens`` tokens.
 
-    ``impl``: ``"fused"`` (``bcd.distill.functional.relation``) or ``"chunked"`` (the reference,
-    1024 rows per chunk with activation checkpointing).
+    ``impl``: ``"fused"`` (``bcd.distill.functional.relation``), ``"chunked"`` (the reference,
+    1024 rows per chunk with activation checkpointing) or ``"attention"``: not the loss but the
+    yardstick, PyTorch's ``scaled_dot_product_attention(x_s, x_s, x_t)`` forward + backward on the
+    same shapes (one head, the same ``N×N×C`` products); its ``loss`` is NaN.
     """
     from bcd.distill.functional.relation import self_relation_kl_rows
     from bcd.distill.losses.bcd_context import relation_kl
@@ -435,13 +437,18 @@ def measure_relation(impl: str, tokens: int, channels: int, batch: int, device: 
     def run() -> float:
         if impl == "fused":
             loss = (self_relation_kl_rows(xs, xt, scale, valid) * valid).sum() / valid.sum()
+        elif impl == "attention":
+            out = torch.nn.functional.scaled_dot_product_attention(xs[:, None], xs[:, None], xt[:, None], scale=scale)
+            out.float().mean().backward()
+            return float("nan")
         else:
             loss = relation_kl(xs, xt, valid, 1.0, chunk=1024, use_checkpoint=True)
         loss.backward()
         return float(loss.detach())
 
     value = run()  # warm-up
-    flops = _flops(run)
+    # FlopCounterMode has no formula for the CPU flash-attention kernel: the yardstick is not counted
+    flops = _flops(run) if impl != "attention" else None
     _sync(device)
     with PeakMemory(device) as mem:
         t0 = timer()
@@ -565,8 +572,10 @@ def write_report(res: Dict[str, Any], out: str, name: str, stamp_load: bool = Tr
             if "error" in r:
                 md.append(f"| {r.get('impl')} | failed: {r['error'].splitlines()[0][:100]} | | | | | | |")
                 continue
+            gflops = "—" if r["flops"] is None else f"{r['flops'] / 1e9:.1f}"
+            loss = "— (yardstick)" if math.isnan(r["loss"]) else f"{r['loss']:.6g}"
             md.append(f"| {r['impl']} | {r['tokens']} | {r['channels']} | {r['batch']} | {r['time_s']:.2f} | "
-                      f"{r['peak_bytes'] / 2**20:.0f} | {r['flops'] / 1e9:.1f} | {r['loss']:.6g} |")
+                      f"{r['peak_bytes'] / 2**20:.0f} | {gflops} | {loss} |")
         md.append("")
     if res.get("line_max"):
         md += ["## BCD boundary line-max (r = 5), forward + backward", "",
@@ -664,7 +673,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap.add_argument("--relation-tokens", type=int, nargs="*", default=[4096, 16384])
     ap.add_argument("--relation-channels", type=int, default=512)
     ap.add_argument("--relation-batch", type=int, default=2)
-    ap.add_argument("--relation-impls", nargs="*", default=["fused", "chunked"])
+    ap.add_argument("--relation-impls", nargs="*", default=["fused", "chunked", "attention"],
+                    help="fused, chunked (the reference) and attention (SDPA on the same shapes: the speed yardstick)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall time, or the process's CPU time (a CPU shared with other jobs; use --threads 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in the measuring processes (0: torch's default)")

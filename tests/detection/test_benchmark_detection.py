@@ -126,3 +126,17 @@ def test_merge_combines_runs_into_one_table_and_refuses_mixed_settings(tmp_path)
     open(e, "w").write(json.dumps(j))
     with pytest.raises(SystemExit, match="machine cpu"):
         mod.main(["--merge", a, e, "--output", out])
+
+
+def test_relation_yardstick_runs_attention_and_is_reported_as_such(tmp_path):
+    mod = _tool()
+    rows = [mod.measure_relation(impl, tokens=64, channels=8, batch=1, device="cpu")
+            for impl in ("fused", "chunked", "attention")]
+    fused, chunked, att = rows
+    assert abs(fused["loss"] - chunked["loss"]) < 1e-5 * max(1.0, abs(chunked["loss"]))
+    assert fused["flops"] == chunked["flops"] > 0
+    assert att["flops"] is None and att["loss"] != att["loss"] and att["time_s"] > 0  # NaN: not a loss
+    res = {"machine": mod.machine("cpu"), "relation": rows, "clock": "wall", "threads": 1}
+    mod.write_report(res, str(tmp_path), "benchmark_relation")
+    md = open(os.path.join(str(tmp_path), "benchmark_relation.md")).read()
+    assert "| attention | 64 | 8 | 1 |" in md and "— (yardstick)" in md
