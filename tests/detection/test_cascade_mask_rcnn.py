@@ -85,6 +85,30 @@ def test_training_losses_and_inference_contract(stages):
     assert set(out.pred_classes.tolist()) <= {0, 1, 2}
 
 
+def test_a_stage_whose_boxes_all_collapse_trains_on_no_regions(monkeypatch):
+    """Stage 0 regresses every box to a degenerate one (as a diverging head can): stage 1 gets no
+    regions in either image and contributes zero losses (Detectron2's matcher returns empty
+    matches; torchvision's raises), the other losses stay finite."""
+    from bcd.modeling import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cascade_cfg(2))
+    model.train()
+    heads = model.roi_heads
+    decode = heads._decode
+
+    def collapse(deltas, boxes, k):
+        out = decode(deltas, boxes, k)
+        return torch.zeros_like(out) if k == 0 else out  # zero-area boxes, filtered before stage 1
+
+    monkeypatch.setattr(heads, "_decode", collapse)
+    losses = model([_input(seed=0), _input(seed=1)])
+    assert float(losses["loss_cls_stage1"]) == 0.0 and float(losses["loss_box_reg_stage1"]) == 0.0
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert float(losses["loss_cls_stage0"]) > 0
+    sum(losses.values()).backward()
+
+
 def test_cascade_score_is_the_mean_of_the_stages():
     """Inference score = mean of the 3 stages' softmax; boxes from the last stage."""
     import torch.nn.functional as F

@@ -209,6 +209,11 @@ class CascadeROIHeads(nn.Module):
     def _match(self, boxes: Tensor, tgt: Instances, matcher) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Labels (1 fg / 0 bg), class (K = bg), matched GT box and GT index of every box."""
         n = boxes.shape[0]
+        if n == 0:
+            # every box of the previous stage degenerate (clipped to nothing): nothing to match
+            # (torchvision's Matcher refuses an empty set; Detectron2's returns empty matches)
+            e = torch.zeros(0, dtype=torch.int64, device=boxes.device)
+            return e, e.clone(), boxes.new_zeros(0, 4), e.clone()
         if len(tgt) == 0:
             bg = torch.full((n,), self.num_classes, dtype=torch.int64, device=boxes.device)
             return (torch.zeros(n, dtype=torch.int64, device=boxes.device), bg, torch.zeros_like(boxes),
