@@ -17,7 +17,7 @@ RetinaNet-R101 → R50, GFL-R101 → R50 (and Cascade Mask R-CNN when ``configs/
 **One timing method.** Each (pair, loss set) runs in a fresh process (on CPU: a clean memory
 peak) that builds the ``Distiller`` once and times, interleaved in the same loop, ``--iters``
 times each: the distillation step (``Distiller`` forward, the sum of the loss entries the
-trainer sums, i.e. keys starting with ``loss``, backward, SGD step), a plain step of its student
+trainer sums, i.e. keys starting with ``loss``, backward, SGD step at lr 0), a plain step of its student
 (same inputs, same summation, backward, step) and a forward of its teacher (``extract`` under
 ``no_grad``), after ``--warmup`` untimed rounds. Reported: the median of each and the spread
 (min–max) over the steps.
@@ -61,6 +61,11 @@ import torch  # noqa: E402
 def _c(path: str) -> str:
     return os.path.join(ROOT, path)
 
+
+#: Learning rate of the timed SGD steps (see ``measure_pair``). Results without ``sgd_lr`` were
+#: measured by the earlier tool at 1e-4.
+SGD_LR = 0.0
+_OLD_SGD_LR = 1e-4
 
 # A loss set: (KD config file, KD.LOSSES or None = that file's, extra config opts).
 LossSet = Tuple[str, Optional[List[str]], List[Any]]
@@ -317,7 +322,11 @@ def measure_pair(pair: str, loss_set: str, batch: int, warmup: int, iters: int, 
     else:
         inputs = det_inputs(size, batch, classes, masks=bool(cfg.MODEL.MASK_ON))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    # lr 0: the step's arithmetic is done (momentum buffers, parameter update) but the weights stay
+    # the first round's, so every round repeats one computation. With lr > 0, random weights can
+    # make a loss diverge within a step or two (FGD on Cascade Mask R-CNN went NaN at the second
+    # step at lr 1e-4), which changes data-dependent work such as the number of RoIs.
+    opt = torch.optim.SGD(params, lr=SGD_LR, momentum=0.9)
     student, teacher = model.student, model.teacher
 
     def kd_step() -> None:
@@ -362,7 +371,7 @@ def measure_pair(pair: str, loss_set: str, batch: int, warmup: int, iters: int, 
     per_round = [k / (s + t) for k, s, t in zip(times["kd"], times["student"], times["teacher"])]
     return {
         "pair": pair, "loss_set": loss_set, "kd_config": kd_cfg, "losses": list(cfg.KD.LOSSES), "opts": list(opts),
-        "size": list(size), "batch": batch, "warmup": warmup, "iters": iters,
+        "size": list(size), "batch": batch, "warmup": warmup, "iters": iters, "sgd_lr": SGD_LR,
         "clock": clock, "threads": torch.get_num_threads(), "times_s": times, "wall_s": wall, "cpu_s": cpu,
         "median_s": med,
         "ratio": med["kd"] / (med["student"] + med["teacher"]),
@@ -519,6 +528,13 @@ def flop_ratio(r: Dict[str, Any]) -> float:
     return f["kd"] / max(1, f["student"] + f["teacher"])
 
 
+def _lr_counts(block: Dict[str, Any]) -> Dict[float, str]:
+    """``{lr: "all" | "k loss sets"}`` of one pair's measurements (lr 0 keeps the weights fixed)."""
+    lrs = [r.get("sgd_lr", _OLD_SGD_LR) for r in block["losses"].values() if "error" not in r]
+    counts = {lr: lrs.count(lr) for lr in sorted(set(lrs))}
+    return {lr: "all" if n == len(lrs) else f"{n} loss sets" for lr, n in counts.items()}
+
+
 def write_report(res: Dict[str, Any], out: str, name: str, stamp_load: bool = True) -> None:
     """``OUTPUT/<name>.json`` and ``.md`` (tables per pair).
 
@@ -551,7 +567,8 @@ def write_report(res: Dict[str, Any], out: str, name: str, stamp_load: bool = Tr
         spec = PAIRS[pair]
         md += [f"## {pair}: {spec['what']}", "",
                f"Batch {res['batch']} of {block['size'][0]}×{block['size'][1]}; {res['warmup']} warm-up + "
-               f"{res['iters']} timed rounds.", "",
+               f"{res['iters']} timed rounds; SGD lr "
+               + ", ".join(f"{lr:g} ({n})" for lr, n in _lr_counts(block).items()) + ".", "",
                "| loss set | KD step (s) | student step (s) | teacher fwd (s) | ratio (spread) | FLOP ratio "
                "| extra peak (MiB) | loss GFLOPs |",
                "|---|---|---|---|---|---|---|---|"]
