@@ -87,6 +87,7 @@ def _seg_sets(bcd_cfg: str, extra: Dict[str, LossSet]) -> Dict[str, LossSet]:
         "FitNet": (bcd_cfg, ["FitNet"], []),
         "CIRKD": (bcd_cfg, ["CIRKD"], []),
         "CIRKD, chunked": (bcd_cfg, ["CIRKD"], ["KD.CIRKD.IMPL", "chunked"]),
+        "CIRKD, 2×2 pooled": (bcd_cfg, ["CIRKD"], ["KD.CIRKD.POOL", True]),
         "APD": (bcd_cfg, ["APD"], []),
         "APD + BCD": (bcd_cfg, ["APD", _BD, _CD], []),
     }
