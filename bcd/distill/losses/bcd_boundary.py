@@ -36,8 +36,8 @@ from torch import Tensor, nn
 # (projects/bcd/benchmarks/: ~1.8x less CPU time at r = 5)
 from ..functional.line_max import disk_directions, half_plane_directions, line_max_views, line_offsets
 from ._functional import build_temperature, masked_kl
-from .base import DistillLoss, KDContext, as_tensor_feature
-from .bcd_hfa import HFA, IdentityHFA, frozen_norm_stats, grid_size, student_hfa, student_hfa_key
+from .base import DistillLoss, KDContext
+from .bcd_hfa import HFA, IdentityHFA, bcd_inputs, frozen_norm_stats, student_hfa
 from .build import KD_LOSS_REGISTRY
 
 __all__ = [
@@ -283,10 +283,7 @@ class BoundaryDistillation(DistillLoss):
     ) -> Dict[str, Tensor]:
         """The loss entries; ``stride`` overrides ``KD.BCD_HFA.STRIDE`` for this call (the FPN
         variant runs one loss per level at that level's stride)."""
-        s_list = [as_tensor_feature(student_feats[n], n) for n in self.student_features]
-        t_list = [as_tensor_feature(teacher_feats[n], n).detach() for n in self.teacher_features]
-        size = grid_size(ctx.student_batch.tensor.shape[-2:], int(stride or self.stride))
-        f_s = ctx.cached(student_hfa_key(self.student_features), lambda: self.hfa_s(s_list, size))
+        f_s, t_list, size = bcd_inputs(self, student_feats, teacher_feats, ctx, stride)
         s_logit = self.conv_s(f_s)
         fitting = self.teacher_head_fitting(int(ctx.iteration))
         head_trains = self.head == "literal_joint" or fitting

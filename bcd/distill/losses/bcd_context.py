@@ -27,15 +27,14 @@ from torch.utils.checkpoint import checkpoint
 
 from ..functional.relation import self_relation_kl_rows
 from ._functional import build_temperature, masked_kl
-from .base import DistillLoss, KDContext, as_tensor_feature
+from .base import DistillLoss, KDContext
 from .bcd_hfa import (
     HFA,
     FixedProjectionHFA,
     IdentityHFA,
+    bcd_inputs,
     frozen_norm_stats,
-    grid_size,
     student_hfa,
-    student_hfa_key,
 )
 from .build import KD_LOSS_REGISTRY
 
@@ -219,10 +218,7 @@ class ContextDistillation(DistillLoss):
     ) -> Dict[str, Tensor]:
         """The loss entries; ``stride`` overrides ``KD.BCD_HFA.STRIDE`` for this call (the FPN
         variant runs one loss per level at that level's stride)."""
-        s_list = [as_tensor_feature(student_feats[n], n) for n in self.student_features]
-        t_list = [as_tensor_feature(teacher_feats[n], n).detach() for n in self.teacher_features]
-        size = grid_size(ctx.student_batch.tensor.shape[-2:], int(stride or self.stride))
-        f_s = ctx.cached(student_hfa_key(self.student_features), lambda: self.hfa_s(s_list, size))
+        f_s, t_list, size = bcd_inputs(self, student_feats, teacher_feats, ctx, stride)
         valid = ctx.valid_mask(size)
         if self.hfa_t is None:
             with torch.no_grad(), frozen_norm_stats(self.hfa_s):

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from bcd.config import CfgNode as CN
 
 from ..connectors import align_spatial, build_norm
+from .base import as_tensor_feature
 
 __all__ = [
     "HFA",
@@ -185,3 +186,20 @@ def student_hfa(loss: nn.Module, cfg: CN, names: Sequence[str], channels: Sequen
 def student_hfa_key(names: Sequence[str]) -> str:
     """Per-step cache key of the student HFA output on ``names``."""
     return "bcd_hfa_s_out_%08x" % zlib.crc32("|".join(names).encode())
+
+
+def bcd_inputs(
+    loss: nn.Module, student_feats: dict, teacher_feats: dict, ctx, stride: Optional[int]
+) -> Tuple[Tensor, List[Tensor], Tuple[int, int]]:
+    """The common start of a BCD loss's forward: ``(f_s, t_list, size)``.
+
+    ``f_s``: ``B×D×h×w`` student HFA output on the loss's ``student_features`` at ``size =
+    grid_size(input, stride or loss.stride)``, computed once per step and shared by every BCD
+    loss on the same features (``ctx.cached``); ``t_list``: the recorded teacher features,
+    detached. ``loss`` provides ``student_features``, ``teacher_features``, ``stride``, ``hfa_s``.
+    """
+    s_list = [as_tensor_feature(student_feats[n], n) for n in loss.student_features]
+    t_list = [as_tensor_feature(teacher_feats[n], n).detach() for n in loss.teacher_features]
+    size = grid_size(ctx.student_batch.tensor.shape[-2:], int(stride or loss.stride))
+    f_s = ctx.cached(student_hfa_key(loss.student_features), lambda: loss.hfa_s(s_list, size))
+    return f_s, t_list, size
