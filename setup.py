@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "tqdm",
     "pysodmetrics>=1.4",  # SOD / COD metrics (object_seg evaluator); pins opencv-python-headless<5
     "pyyaml>=6",
+    "scipy>=1.10",  # Student-t quantiles of the evidence tools (bcd/utils/stats.py)
     # tools/export.py (ONNX export, checked with onnxruntime) and tools/visualize.py (pictures)
     "onnx>=1.16",
     "onnxruntime>=1.18",

@@ -19,7 +19,7 @@ TRAIN = os.path.join(ROOT, "tools", "train_net.py")
 TINY = [
     "MODEL.RESNETS.WIDTH_MULTIPLIER", "0.125", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0",
     "INPUT.CROP.SIZE", "[64, 64]", "INPUT.BASE_SIZE", "[64, 64]", "SOLVER.LOG_PERIOD", "1",
-    "DATASETS.TEST", "()",
+    "DATASETS.TEST", "()", "MODEL.WEIGHTS", "",
     # Random augmentation (scale, crop, flip, colour jitter) and dropout stay on: the resumed run
     # must reproduce them too.
 ]
