@@ -22,8 +22,9 @@ config runs as printed (e.g. ``train_net.py --config-file configs/demo/bcd_stude
 ``plain`` (no distillation), ``pixel_kd`` (pixel-wise logit KD, the positive control),
 ``bcd`` (the recommended BCD recipe, ``configs/demo/bcd_student_pspnet_r18_w025.yaml``), Table I's
 ``bd`` / ``cd`` / ``both`` (L_bd, L_cd, both without the decay) and ``bcd_paper`` (L_bd + L_cd +
-decay alone). The report (``OUT/demo_report.{md,json}``): each model's mean +- sd, every arm against
-``plain`` and ``bcd`` against ``pixel_kd`` (replicate-level paired differences with their 95%
+decay alone), ``apd`` / ``apd_logit_kd`` / ``apd_bcd`` (APD's recipe, its logit term alone, APD + BCD).
+The report (``OUT/demo_report.{md,json}``): each model's mean +- sd, every arm against
+``plain`` and every BCD / APD arm against ``pixel_kd`` (replicate-level paired differences with their 95%
 interval, ``docs/evidence.md``), the plain arm's spread, per-class IoU, seeds, params and FLOPs.
 """
 from __future__ import annotations
@@ -45,6 +46,9 @@ WARM = "configs/demo/student_pspnet_r18_w025.yaml"
 FT = "configs/demo/ft_student_pspnet_r18_w025.yaml"
 PIXEL_KD = "configs/demo/kd_student_pspnet_r18_w025.yaml"
 BCD = "configs/demo/bcd_student_pspnet_r18_w025.yaml"
+APD = "configs/demo/apd_student_pspnet_r18_w025.yaml"
+APD_LOGIT_KD = "configs/demo/apd_logit_kd_student_pspnet_r18_w025.yaml"
+APD_BCD = "configs/demo/apd_bcd_student_pspnet_r18_w025.yaml"
 
 _NO_DECAY = ["KD.BOUNDARY.SCHEDULE.NAME", "constant", "KD.CONTEXT.SCHEDULE.NAME", "constant"]
 _BCD_ONLY = ["KD.LOSSES", "['BoundaryDistillation', 'ContextDistillation']"]
@@ -58,6 +62,10 @@ ARMS: Dict[str, Tuple[str, List[str], str]] = {
     "cd": (BCD, ["KD.LOSSES", "['ContextDistillation']", *_NO_DECAY], "student + L_cd"),
     "both": (BCD, [*_BCD_ONLY, *_NO_DECAY], "student + L_bd + L_cd (no decay)"),
     "bcd_paper": (BCD, _BCD_ONLY, "student + L_bd + L_cd + decay"),
+    # APD (projects/apd/README.md): the authors' recipe, its logit term alone, and APD + BCD
+    "apd": (APD, [], "student + APD"),
+    "apd_logit_kd": (APD_LOGIT_KD, [], "student + APD's logit KD alone"),
+    "apd_bcd": (APD_BCD, [], "student + APD + BCD"),
 }
 
 
@@ -104,7 +112,9 @@ def build_spec(args: argparse.Namespace, argv: Optional[List[str]]) -> evidence.
         config, extra, label = ARMS[name]
         return evidence.Arm(name, config, list(extra), label, name != "plain")
 
-    compare = [("bcd", "pixel_kd")] if {"bcd", "pixel_kd"} <= set(arms) else []
+    compare = [(a, "pixel_kd") for a in arms if a not in ("plain", "pixel_kd") and "pixel_kd" in arms
+               and (a.startswith("bcd") or a.startswith("apd"))]
+    compare += evidence.parse_compare(args.compare, arms)
     cmd = "python tools/demo.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     return evidence.Spec(
         plain=arm("plain"), arms=[arm(a) for a in arms[1:]], output_dir=args.output_dir,
@@ -124,6 +134,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap.add_argument("--seeds", type=int, default=3, help="paired seeds per replicate")
     ap.add_argument("--teachers", type=int, default=0, help="distinct teachers (default: one per replicate)")
     ap.add_argument("--arms", default="plain,pixel_kd,bcd", help=f"comma-separated arms of {sorted(ARMS)}")
+    ap.add_argument("--compare", action="append", default=[], metavar="A-B", help="extra comparison A − B")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each if > 1)")
     ap.add_argument("--output-dir", default="output/demo_run")
     ap.add_argument("--teacher-iters", type=int, default=0, help="override the teacher's SOLVER.MAX_ITER")
