@@ -8,7 +8,7 @@ import os
 import re
 import socket
 from datetime import timedelta
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "expand_slurm_tasks_per_node",
     "find_free_port",
     "first_slurm_host",
     "launch",
@@ -61,23 +62,49 @@ def first_slurm_host(nodelist: str) -> str:
     return prefix + first
 
 
+def expand_slurm_tasks_per_node(value: str, variable: str = "SLURM_TASKS_PER_NODE") -> List[int]:
+    """The task count of every node of a SLURM ``*_TASKS_PER_NODE`` value, in node order:
+    ``"2,1(x2)"`` -> ``[2, 1, 1]``, ``"4(x2)"`` -> ``[4, 4]``, ``"3"`` -> ``[3]`` (the format
+    of the sbatch / srun manual pages: ``<count>[(x<repetitions>)]`` items separated by commas).
+
+    Raises:
+        ValueError: naming ``variable`` and the value when an item has another form.
+    """
+    counts: List[int] = []
+    for item in value.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:\(x(\d+)\))?\s*", item)
+        if m is None:
+            raise ValueError(
+                f"{variable} '{value}': item '{item}' is not '<tasks>' or '<tasks>(x<nodes>)' "
+                f"(e.g. '2,1(x2)': 2 tasks on the first node, 1 on each of the next two)"
+            )
+        counts += [int(m.group(1))] * int(m.group(2) or 1)
+    return counts
+
+
 def slurm_environment(env: Mapping[str, str]) -> Optional[Dict[str, str]]:
     """torchrun's variables for a process started by ``srun`` (one task per GPU), or None when
     this is no multi-task SLURM job step (then ``--num-gpus`` / torchrun apply as usual).
 
     Reads ``SLURM_PROCID`` (global rank), ``SLURM_STEP_NUM_TASKS`` (else ``SLURM_NTASKS``; the
-    world size), ``SLURM_LOCALID`` (rank on the node), ``SLURM_STEP_TASKS_PER_NODE`` /
-    ``SLURM_TASKS_PER_NODE`` (processes per node: ``"4(x2)"`` or ``"4,4"``), and
-    ``MASTER_ADDR`` / ``MASTER_PORT`` when set, else the first host of ``SLURM_STEP_NODELIST`` /
+    world size), ``SLURM_STEP_TASKS_PER_NODE`` (else ``SLURM_TASKS_PER_NODE``; tasks per node,
+    expanded per node: ``"2,1(x2)"`` is 2, 1 and 1 tasks), ``SLURM_NODEID`` (this task's node
+    among them) and ``SLURM_LOCALID`` (its rank on the node); and ``MASTER_ADDR`` /
+    ``MASTER_PORT`` when set, else the first host of ``SLURM_STEP_NODELIST`` /
     ``SLURM_JOB_NODELIST`` and port ``29500 + SLURM_JOB_ID % 10000`` (one port per job).
-    Only inside a job *step* (``SLURM_STEP_ID`` set, as under srun): a batch script running
-    python directly is one process, whatever ``SLURM_NTASKS`` says.
+    Without ``SLURM_NODEID`` / ``SLURM_LOCALID`` they follow from the rank under SLURM's
+    default block distribution (consecutive ranks fill a node). Uneven layouts get the count
+    of this task's own node: the task alone on its node has local rank 0 and local world
+    size 1 (detectron2#3446). Only inside a job *step* (``SLURM_STEP_ID`` set, as under srun):
+    a batch script running python directly is one process, whatever ``SLURM_NTASKS`` says.
 
     Returns:
-        ``{"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}``.
+        ``{"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+        "MASTER_ADDR", "MASTER_PORT"}`` (``GROUP_RANK``: the node's index, as torchrun names it).
 
     Raises:
-        ValueError: naming the variable when one is malformed or missing.
+        ValueError: naming the variable when one is malformed, missing or inconsistent with
+            the others.
     """
     if "SLURM_PROCID" not in env or "SLURM_STEP_ID" not in env:
         return None
@@ -87,15 +114,33 @@ def slurm_environment(env: Mapping[str, str]) -> Optional[Dict[str, str]]:
     try:
         world_size = int(world)
         rank = int(env["SLURM_PROCID"])
-        local_rank = int(env.get("SLURM_LOCALID", "0"))
+        node = int(env["SLURM_NODEID"]) if env.get("SLURM_NODEID") else None
+        local_rank = int(env["SLURM_LOCALID"]) if env.get("SLURM_LOCALID") else None
     except ValueError as e:
         raise ValueError(f"Malformed SLURM task variables: {e}") from e
     if world_size <= 1:
         return None
-    per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or str(world_size)
-    m = re.match(r"\s*(\d+)", per_node)
-    if m is None:
-        raise ValueError(f"SLURM_TASKS_PER_NODE '{per_node}' is not '<n>(x<nodes>)' or '<n>,...'")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"SLURM_PROCID {rank} is outside the {world_size} tasks of the job step")
+    per_node_var = "SLURM_STEP_TASKS_PER_NODE" if env.get("SLURM_STEP_TASKS_PER_NODE") else "SLURM_TASKS_PER_NODE"
+    per_node = env.get(per_node_var) or str(world_size)
+    counts = expand_slurm_tasks_per_node(per_node, per_node_var)
+    if sum(counts) != world_size:
+        raise ValueError(
+            f"{per_node_var} '{per_node}' adds up to {sum(counts)} tasks but the job step has "
+            f"{world_size} (SLURM_STEP_NUM_TASKS / SLURM_NTASKS)"
+        )
+    if node is None:  # block distribution: node i holds ranks sum(counts[:i]) ..
+        node = next(i for i in range(len(counts)) if rank < sum(counts[: i + 1]))
+    if not 0 <= node < len(counts):
+        raise ValueError(f"SLURM_NODEID {node} is not among the {len(counts)} nodes of {per_node_var} '{per_node}'")
+    if local_rank is None:
+        local_rank = rank - sum(counts[:node])
+    if not 0 <= local_rank < counts[node]:
+        raise ValueError(
+            f"SLURM_LOCALID {local_rank} of task {rank} is outside the {counts[node]} tasks of its "
+            f"node {node} ({per_node_var} '{per_node}')"
+        )
     addr = env.get("MASTER_ADDR")
     if not addr:
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
@@ -104,7 +149,8 @@ def slurm_environment(env: Mapping[str, str]) -> Optional[Dict[str, str]]:
         addr = first_slurm_host(nodelist)
     port = env.get("MASTER_PORT") or str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 10000)
     return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(local_rank),
-            "LOCAL_WORLD_SIZE": m.group(1), "MASTER_ADDR": addr, "MASTER_PORT": port}
+            "LOCAL_WORLD_SIZE": str(counts[node]), "GROUP_RANK": str(node),
+            "MASTER_ADDR": addr, "MASTER_PORT": port}
 
 
 def _backend(use_cuda: bool) -> str:
@@ -190,14 +236,19 @@ def launch(
     return None
 
 
-def _set_local_group(num_per_machine: int, num_machines: int, machine_rank: int) -> None:
-    """Create one process group per machine (every rank must create all of them)."""
-    for i in range(num_machines):
-        ranks = list(range(i * num_per_machine, (i + 1) * num_per_machine))
+def _set_local_groups(node_of_rank: Sequence[Hashable], rank: int) -> None:
+    """Create one process group per machine and keep this process's in ``comm``.
+
+    ``node_of_rank[r]`` is the machine of global rank ``r`` (the same list on every rank:
+    ``dist.new_group`` must be called by all ranks, in the same order). Machines may hold
+    different numbers of processes (an uneven SLURM layout such as ``2,1(x2)``).
+    """
+    for node in dict.fromkeys(node_of_rank):  # first-seen order, identical on every rank
+        ranks = [r for r, n in enumerate(node_of_rank) if n == node]
         group = dist.new_group(ranks)
-        if i == machine_rank:
+        if node == node_of_rank[rank]:
             comm._LOCAL_PROCESS_GROUP = group
-    comm._LOCAL_SIZE = num_per_machine
+            comm._LOCAL_SIZE = len(ranks)
 
 
 def _distributed_worker(
@@ -229,13 +280,31 @@ def _distributed_worker(
         )
     except Exception as e:
         raise RuntimeError(f"Process group initialisation failed with url {dist_url}: {e}") from e
-    num_machines = world_size // num_per_machine
-    _set_local_group(num_per_machine, num_machines, machine_rank)
+    _set_local_groups([r // num_per_machine for r in range(world_size)], global_rank)
     comm.synchronize()
     try:
         main_func(*args)
     finally:
         dist.destroy_process_group()
+
+
+def _join_local_group(local_rank: int) -> None:
+    """Under torchrun / srun: group the processes by machine from what each one reports (its
+    node index ``GROUP_RANK``, else its host name) and check that ``LOCAL_RANK`` (the CUDA
+    device each process took) numbers the processes of every machine ``0..n-1`` in rank order,
+    which is what ``comm.get_local_rank()`` returns."""
+    node = os.environ.get("GROUP_RANK") or socket.gethostname()
+    reports = comm.all_gather((node, local_rank))
+    node_of_rank = [n for n, _ in reports]
+    for n in dict.fromkeys(node_of_rank):
+        ranks = [r for r, m in enumerate(node_of_rank) if m == n]
+        locals_ = [reports[r][1] for r in ranks]
+        if locals_ != list(range(len(ranks))):
+            raise RuntimeError(
+                f"Machine {n!r} runs global ranks {ranks} with LOCAL_RANK {locals_}: expected "
+                f"{list(range(len(ranks)))} (one process per device, numbered in rank order)"
+            )
+    _set_local_groups(node_of_rank, dist.get_rank())
 
 
 def _run_under_torchrun(main_func: Callable[..., Any], args: Tuple, timeout: timedelta) -> Any:
@@ -246,9 +315,7 @@ def _run_under_torchrun(main_func: Callable[..., Any], args: Tuple, timeout: tim
         torch.cuda.set_device(local_rank)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend=_backend(use_cuda), init_method="env://", timeout=timeout)
-        local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        if world_size % local_size == 0:
-            _set_local_group(local_size, world_size // local_size, dist.get_rank() // local_size)
+        _join_local_group(local_rank)
     try:
         return main_func(*args)
     finally:
