@@ -19,29 +19,52 @@ offending image or annotation:
   ``id`` / ``file_name`` / ``height`` / ``width``, categories without ``id`` / ``name``;
   duplicate image or category ids.
 
+Every instance mask is checked against its image (``check_instance_mask``): polygons need at
+least 3 points, an even number of coordinates and finite numbers; an RLE's ``size`` must be its
+image's ``[height, width]`` and its counts must cover exactly ``height × width`` pixels. As in
+Detectron2, invalid polygons of a multi-polygon instance are removed and an instance with no
+valid mask left is dropped, with ONE warning per file naming it, the annotation ids and the
+reasons (counted); ``invalid_masks="error"`` (``INVALID_MASKS: error`` in a ``DATASETS.CUSTOM``
+entry) refuses the file instead, and a file whose masks are all invalid is an error either way.
+``segmentation: []`` counts as an invalid mask in a file that has masks, and as "no mask" in a
+file of boxes only.
+
 What evaluation (COCOeval) needs and can be derived is completed, with one warning naming the
-file: ``area`` from the mask (or the box without one) and ``iscrowd`` 0. ``load_coco_gt`` does it,
-and the COCO evaluator scores against the same completed ground truth.
+file: ``area`` from the mask (or the box without one) and ``iscrowd`` 0. ``load_coco_gt`` does it
+(after dropping the invalid masks), and the COCO evaluator scores against the same cleaned and
+completed ground truth.
 
 Custom datasets are registered from the config alone::
 
     DATASETS:
       CUSTOM: [{NAME: my_train, TYPE: coco, JSON_FILE: /data/train.json, IMAGE_ROOT: /data/img}]
+
+(optional key ``INVALID_MASKS``: ``drop``, the default, or ``error``).
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import math
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..catalog import DatasetCatalog, MetadataCatalog
 from . import CUSTOM_DATASET_TYPES, DATASET_CHECKS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_coco_json", "load_coco_gt", "register_coco_instances", "BOX_TOLERANCE"]
+__all__ = [
+    "load_coco_json",
+    "load_coco_gt",
+    "register_coco_instances",
+    "check_instance_mask",
+    "rle_string_counts",
+    "BOX_TOLERANCE",
+    "INVALID_MASK_POLICIES",
+]
 
 # Boxes may overshoot the image border by this many pixels (rounding in COCO's own files);
 # they are clipped to the image. Beyond it the box is an error.
@@ -52,9 +75,195 @@ def _err(json_file: str, what: str) -> ValueError:
     return ValueError(f"Invalid COCO annotation file '{json_file}': {what}")
 
 
-# json_file -> ((mtime, size), COCO): the ground truth shared by the loader and the evaluator.
-_GT_CACHE: Dict[str, Tuple[Tuple[float, int], Any]] = {}
+# json_file -> ((mtime, size), COCO, _MaskReport): the ground truth shared by the loader and the
+# evaluator, with what cleaning it removed.
+_GT_CACHE: Dict[str, Tuple[Tuple[float, int], Any, "_MaskReport"]] = {}
 _GT_CACHE_MAX_BYTES = 64 << 20
+
+# What to do with an instance whose mask is invalid: "drop" (with one warning per file, as
+# Detectron2) or "error" (refuse the file).
+INVALID_MASK_POLICIES = ("drop", "error")
+
+# Reasons a mask is invalid (the warning counts the instances of each).
+_EMPTY = "empty segmentation []"
+_FEW_POINTS = "polygon with fewer than 3 points"
+_ODD = "polygon with an odd number of coordinates"
+_NON_FINITE = "polygon with non-finite or non-numeric coordinates"
+_NOT_A_MASK = "segmentation that is neither a list of polygons nor an RLE dict"
+_RLE_SIZE = "RLE size differs from its image's [height, width]"
+_RLE_COUNTS = "RLE that does not decode to its size"
+
+
+def rle_string_counts(counts: Union[str, bytes]) -> List[int]:
+    """Run lengths of a compressed COCO RLE string (``{"counts": "...", "size": [h, w]}``).
+
+    The inverse of pycocotools' ``rleToString`` (cocoapi ``common/maskApi.c``, ``rleFrString``):
+    each run is a little-endian sequence of 6-bit groups stored as characters 48..111, 5 value
+    bits and a continuation bit each, the last group's 0x10 bit the sign; from the third run on
+    the value is a difference to the run two before. pycocotools exposes no reader of the runs,
+    and its ``decode`` fills a mask whose runs stop short with uninitialised memory instead of
+    failing, so the loader sums the runs itself.
+
+    Returns:
+        The runs (alternating background / foreground, starting with background), possibly
+        negative for a corrupted string.
+
+    Raises:
+        ValueError: a character outside 48..111 or a truncated last run.
+    """
+    data = counts.encode("ascii", "replace") if isinstance(counts, str) else bytes(counts)
+    runs: List[int] = []
+    p, n = 0, len(data)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                raise ValueError("the last run is truncated")
+            c = data[p] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"character {chr(data[p])!r} at {p} is not an RLE character")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)  # sign extension
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_instance_mask(segm: Any, height: int, width: int) -> Tuple[Any, Optional[str], str]:
+    """Check one annotation's ``segmentation`` against its image of ``height × width`` pixels.
+
+    Polygons (``[[x0, y0, x1, y1, ...], ...]``, image pixels) must each have at least 3 points,
+    an even number of coordinates and finite numbers (pycocotools fails on fewer points or an
+    odd count with errors that name neither file nor annotation, and a NaN exhausts memory). An
+    RLE (``{"size": [h, w], "counts": str | list}``) must have ``size == [height, width]`` (a
+    mask of another size is silently resampled in training and matches nothing in evaluation)
+    and runs covering exactly ``h × w`` pixels.
+
+    Returns:
+        ``(kept, reason, detail)``: ``kept`` is the segmentation to use (``segm`` itself, the
+        valid polygons of a multi-polygon instance with invalid ones removed, as Detectron2's
+        loader does; or None when the instance has no valid mask and is dropped); ``reason``
+        one of the module's reason strings (None when ``segm`` is valid as it is); ``detail``
+        what exactly is wrong ("" when valid).
+    """
+    if isinstance(segm, dict):
+        size, counts = segm.get("size"), segm.get("counts")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in size)) or counts is None:
+            return None, _RLE_COUNTS, f"RLE without an integer [height, width] 'size' and 'counts' (keys {sorted(segm)})"
+        if [size[0], size[1]] != [height, width]:
+            return None, _RLE_SIZE, f"RLE size {list(size)}, image [{height}, {width}]"
+        if isinstance(counts, list):
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+                return None, _RLE_COUNTS, "uncompressed RLE counts that are not all integers"
+            runs = counts
+        elif isinstance(counts, (str, bytes)):
+            try:
+                runs = rle_string_counts(counts)
+            except ValueError as e:
+                return None, _RLE_COUNTS, f"compressed RLE counts: {e}"
+        else:
+            return None, _RLE_COUNTS, f"RLE counts of type {type(counts).__name__}"
+        total = sum(runs)
+        if any(r < 0 for r in runs) or total != height * width:
+            return None, _RLE_COUNTS, (
+                f"RLE runs cover {total} pixels{' (negative runs)' if any(r < 0 for r in runs) else ''}, "
+                f"not height × width = {height * width}"
+            )
+        return segm, None, ""
+    if not isinstance(segm, list):
+        return None, _NOT_A_MASK, f"segmentation of type {type(segm).__name__}"
+    if len(segm) == 0:
+        return None, _EMPTY, "segmentation []"
+    if not all(isinstance(p, (list, tuple)) for p in segm):
+        what = ("a flat list of numbers (one polygon is [[x0, y0, x1, y1, ...]])"
+                if all(isinstance(v, (int, float)) for v in segm) else "a list mixing polygons and other values")
+        return None, _NOT_A_MASK, f"segmentation is {what}"
+    kept, problems = [], []
+    for i, poly in enumerate(segm):
+        if not all(_is_number(v) for v in poly):
+            problems.append((_NON_FINITE, f"polygon {i}: {[v for v in poly if not _is_number(v)][:3]}"))
+        elif len(poly) % 2:
+            problems.append((_ODD, f"polygon {i}: {len(poly)} coordinates"))
+        elif len(poly) < 6:
+            problems.append((_FEW_POINTS, f"polygon {i}: {len(poly) // 2} points"))
+        else:
+            kept.append(poly)
+    if not problems:
+        return segm, None, ""
+    reason, detail = problems[0]
+    if len(segm) > 1:
+        detail = f"{len(problems)} of {len(segm)} polygons invalid, {detail}"
+    return (kept or None), reason, detail
+
+
+@dataclass
+class _MaskReport:
+    """What ``_clean_masks`` removed from one file: dropped instances by reason, and instances
+    kept without their invalid polygons; ``num_masks``: annotations with a segmentation."""
+
+    num_masks: int = 0
+    dropped: Dict[str, List[Tuple[int, str]]] = field(default_factory=dict)
+    trimmed: List[Tuple[int, str, str]] = field(default_factory=list)
+
+    @property
+    def num_dropped(self) -> int:
+        return sum(len(v) for v in self.dropped.values())
+
+    def summary(self) -> str:
+        """``"<reason>: <count> (annotation ids ...; e.g. id <id>: <detail>); ..."``."""
+        def ids(items: List[Tuple[int, str]]) -> str:
+            shown = ", ".join(str(a) for a, _ in items[:10])
+            return shown + (f" and {len(items) - 10} more" if len(items) > 10 else "")
+
+        parts = [f"{reason}: {len(items)} (annotation ids {ids(items)}; e.g. id {items[0][0]}: {items[0][1]})"
+                 for reason, items in self.dropped.items()]
+        if self.trimmed:
+            items = [(a, d) for a, _, d in self.trimmed]
+            parts.append(
+                f"kept {len(items)} instances without their invalid polygons (annotation ids "
+                f"{ids(items)}; e.g. id {items[0][0]}: {self.trimmed[0][1]}, {items[0][1]})"
+            )
+        return "; ".join(parts)
+
+
+def _clean_masks(dataset: Dict[str, Any]) -> _MaskReport:
+    """Check every annotation's ``segmentation`` against its image (``check_instance_mask``)
+    and remove, in place, the instances without a valid mask and the invalid polygons of the
+    others. A file without any non-empty segmentation holds boxes only: ``[]`` means "no mask"
+    there and nothing is removed. Annotations of unknown images are left for the loader's
+    error."""
+    report = _MaskReport()
+    anns = dataset["annotations"]
+    if not any(a.get("segmentation") for a in anns):
+        return report
+    images = {img["id"]: img for img in dataset["images"]}
+    kept_anns = []
+    for a in anns:
+        img = images.get(a.get("image_id"))
+        if "segmentation" not in a or img is None:
+            kept_anns.append(a)
+            continue
+        report.num_masks += 1
+        kept, reason, detail = check_instance_mask(a["segmentation"], int(img["height"]), int(img["width"]))
+        if kept is None:
+            report.dropped.setdefault(reason, []).append((a["id"], detail))
+            continue
+        if reason is not None:
+            report.trimmed.append((a["id"], reason, detail))
+            a["segmentation"] = kept
+        kept_anns.append(a)
+    dataset["annotations"] = kept_anns
+    return report
 
 
 def _derive_missing_fields(coco: Any, json_file: str) -> None:
@@ -87,28 +296,39 @@ def _derive_missing_fields(coco: Any, json_file: str) -> None:
         )
 
 
-def load_coco_gt(json_file: str) -> Any:
+def load_coco_gt(json_file: str, invalid_masks: str = "drop") -> Any:
     """The ground truth of a COCO instances file as a ``pycocotools.coco.COCO`` (its indexes:
-    ``imgs``, ``anns``, ``cats``, ``imgToAnns``), with the fields COCOeval needs completed
-    where they can be derived (``area``, ``iscrowd``; one warning naming the file).
+    ``imgs``, ``anns``, ``cats``, ``imgToAnns``), cleaned of invalid instance masks (see the
+    module docstring) and with the fields COCOeval needs completed where they can be derived
+    (``area``, ``iscrowd``; one warning naming the file).
 
     Used by ``load_coco_json`` and by the COCO evaluator, so training and evaluation see the
     same annotations. Cached per file version (path, mtime, size; files up to 64 MB).
 
+    Args:
+        json_file: the COCO json.
+        invalid_masks: ``"drop"`` (instances without a valid mask are removed, invalid polygons
+            of the others too, with one warning per file naming the annotation ids and the
+            reasons) or ``"error"`` (such a file is refused).
+
     Raises:
         FileNotFoundError: no such file.
         ValueError: naming the file: not json, a missing top-level key, annotations without
-            a positive integer ``id``, duplicate image / annotation / category ids.
+            a positive integer ``id``, duplicate image / annotation / category ids; every
+            instance mask invalid; with ``invalid_masks="error"``, any invalid mask.
     """
     import json
 
     from pycocotools.coco import COCO
 
+    if invalid_masks not in INVALID_MASK_POLICIES:
+        raise ValueError(f"invalid_masks must be one of {INVALID_MASK_POLICIES}; got '{invalid_masks}'")
     if not os.path.isfile(json_file):
         raise FileNotFoundError(f"COCO annotation file '{json_file}' does not exist")
     key = (os.path.getmtime(json_file), os.path.getsize(json_file))
     cached = _GT_CACHE.get(json_file)
     if cached is not None and cached[0] == key:
+        _apply_mask_policy(json_file, cached[2], invalid_masks)
         return cached[1]
     try:
         with open(json_file, encoding="utf-8") as f:
@@ -121,14 +341,43 @@ def load_coco_gt(json_file: str) -> Any:
         if k not in dataset:
             raise _err(json_file, f"missing the top-level key '{k}'")
     _check_ids(json_file, dataset)
+    report = _clean_masks(dataset)
+    if report.num_masks and report.num_dropped == report.num_masks:
+        raise _err(
+            json_file,
+            f"every one of its {report.num_masks} instance masks is invalid, nothing is left to "
+            f"train on: {report.summary()}",
+        )
+    _apply_mask_policy(json_file, report, invalid_masks)
+    if report.dropped or report.trimmed:
+        logger.warning(
+            f"COCO annotation file '{json_file}': {report.num_dropped} of its "
+            f"{report.num_masks} instance masks are invalid and their instances are dropped"
+            f"{f', {len(report.trimmed)} more lose invalid polygons' if report.trimmed else ''}"
+            f" (as Detectron2 does); training and evaluation both use what remains. "
+            f"{report.summary()}. (INVALID_MASKS error in a DATASETS.CUSTOM entry refuses such "
+            f"a file instead.)"
+        )
     coco = COCO()  # pycocotools' own indexes; createIndex prints progress
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     _derive_missing_fields(coco, json_file)
     if key[1] <= _GT_CACHE_MAX_BYTES:  # not the 450 MB train2017: it would stay in memory
-        _GT_CACHE[json_file] = (key, coco)
+        _GT_CACHE[json_file] = (key, coco, report)
     return coco
+
+
+def _apply_mask_policy(json_file: str, report: _MaskReport, invalid_masks: str) -> None:
+    """Raise for a file with invalid masks when ``invalid_masks`` is ``"error"``."""
+    if invalid_masks == "error" and (report.dropped or report.trimmed):
+        n = report.num_dropped + len(report.trimmed)
+        raise _err(
+            json_file,
+            f"{n} of its {report.num_masks} instance masks are invalid and INVALID_MASKS is "
+            f"'error' (its DATASETS.CUSTOM entry; 'drop', the default, drops them with a "
+            f"warning): {report.summary()}",
+        )
 
 
 def _check_ids(json_file: str, dataset: Dict[str, Any]) -> None:
@@ -173,6 +422,7 @@ def load_coco_json(
     dataset_name: Optional[str] = None,
     invalid_boxes: str = "error",
     check_images_exist: bool = True,
+    invalid_masks: str = "drop",
 ) -> List[Dict[str, Any]]:
     """Load and validate a COCO instances json (through ``load_coco_gt``: pycocotools' index).
 
@@ -186,6 +436,7 @@ def load_coco_json(
             the annotation with a warning; used for the builtin COCO files, which hold a handful
             of degenerate boxes).
         check_images_exist: check every listed image file exists (one ``stat`` per image).
+        invalid_masks: ``"drop"`` (default) or ``"error"``: see ``load_coco_gt``.
 
     Returns:
         One dict per image, in the json's image order. Category ids are mapped to contiguous
@@ -204,7 +455,7 @@ def load_coco_json(
         raise FileNotFoundError(
             f"Image folder '{image_root}' of COCO annotation file '{json_file}' does not exist"
         )
-    coco = load_coco_gt(json_file)
+    coco = load_coco_gt(json_file, invalid_masks=invalid_masks)
 
     cat_ids = sorted(coco.cats)
     if len(cat_ids) == 0:
@@ -271,7 +522,7 @@ def load_coco_json(
                 "iscrowd": int(a["iscrowd"]),
                 "id": aid,
             }
-            if "segmentation" in a:
+            if a.get("segmentation"):  # checked by load_coco_gt; [] in a boxes-only file: no mask
                 obj["segmentation"] = a["segmentation"]
             annotations.append(obj)
         dataset_dicts.append(
@@ -302,10 +553,12 @@ def load_coco_json(
 
 
 def register_coco_instances(
-    name: str, json_file: str, image_root: str, invalid_boxes: str = "error"
+    name: str, json_file: str, image_root: str, invalid_boxes: str = "error",
+    invalid_masks: str = "drop",
 ) -> None:
     """Register a COCO-format dataset: ``DatasetCatalog`` loads it lazily with validation;
-    ``check_datasets([name])`` (run by ``register_from_config``) validates it in full.
+    ``check_datasets([name])`` (run by ``register_from_config``) validates it in full
+    (``invalid_boxes``, ``invalid_masks``: see ``load_coco_json``).
 
     The metadata ``json_file``, ``image_root`` and ``evaluator_type="coco"`` are set now (the
     evaluator needs them); ``thing_classes`` and the category-id map when the data is loaded.
@@ -317,7 +570,8 @@ def register_coco_instances(
         # (DATASET_CHECKS) and the loader then share one load.
         key = (os.path.getmtime(json_file), os.path.getsize(json_file)) if os.path.isfile(json_file) else None
         if key is None or cache.get("key") != key:
-            cache["dicts"] = load_coco_json(json_file, image_root, name, invalid_boxes=invalid_boxes)
+            cache["dicts"] = load_coco_json(json_file, image_root, name, invalid_boxes=invalid_boxes,
+                                            invalid_masks=invalid_masks)
             cache["key"] = key
         return list(cache["dicts"])
 
@@ -330,20 +584,28 @@ def register_coco_instances(
 
 
 def _register_custom(entry: dict) -> None:
-    """``DATASETS.CUSTOM`` entry of TYPE ``coco``: keys ``NAME``, ``JSON_FILE``, ``IMAGE_ROOT``."""
+    """``DATASETS.CUSTOM`` entry of TYPE ``coco``: keys ``NAME``, ``JSON_FILE``, ``IMAGE_ROOT``,
+    optional ``INVALID_MASKS`` (``drop`` or ``error``, see ``load_coco_gt``)."""
     for key in ("JSON_FILE", "IMAGE_ROOT"):
         if not entry.get(key):
             raise ValueError(
                 f"DATASETS.CUSTOM entry '{entry.get('NAME')}' of TYPE coco needs {key}; got {entry}"
             )
-    unknown = set(entry) - {"NAME", "TYPE", "JSON_FILE", "IMAGE_ROOT"}
+    unknown = set(entry) - {"NAME", "TYPE", "JSON_FILE", "IMAGE_ROOT", "INVALID_MASKS"}
     if unknown:
         raise ValueError(
             f"DATASETS.CUSTOM entry '{entry.get('NAME')}' of TYPE coco: unknown keys "
-            f"{sorted(unknown)}; valid: NAME, TYPE, JSON_FILE, IMAGE_ROOT"
+            f"{sorted(unknown)}; valid: NAME, TYPE, JSON_FILE, IMAGE_ROOT, INVALID_MASKS"
+        )
+    invalid_masks = str(entry.get("INVALID_MASKS", "drop"))
+    if invalid_masks not in INVALID_MASK_POLICIES:
+        raise ValueError(
+            f"DATASETS.CUSTOM['{entry.get('NAME')}'].INVALID_MASKS is '{invalid_masks}'; valid: "
+            f"{', '.join(INVALID_MASK_POLICIES)}"
         )
     register_coco_instances(
-        entry["NAME"], os.path.expanduser(entry["JSON_FILE"]), os.path.expanduser(entry["IMAGE_ROOT"])
+        entry["NAME"], os.path.expanduser(entry["JSON_FILE"]), os.path.expanduser(entry["IMAGE_ROOT"]),
+        invalid_masks=invalid_masks,
     )
 
 
