@@ -342,6 +342,10 @@ _C.INPUT.OBJECT_SEG = CN()
 # Masks are read as 8-bit grayscale; foreground = value > MASK_THRESHOLD (128 as pysodmetrics,
 # which binarises ground truth by `gt > 128`).
 _C.INPUT.OBJECT_SEG.MASK_THRESHOLD = 128
+# A dataset whose masks hold only 0 and 1 (checked at start-up) would be empty under that rule:
+# "binary" reads it as 0 = background, 1 = object (threshold 0 for it, with a warning); "error"
+# refuses it.
+_C.INPUT.OBJECT_SEG.ZERO_ONE_MASKS = "binary"
 # Training: resize to TRAIN_SIZE (h, w; aspect not kept, F3Net convention [R]), random crop of
 # up to CROP_FRACTION of each side (F3Net RandomCrop: 1/8) resized back, flip (INPUT.FLIP).
 _C.INPUT.OBJECT_SEG.TRAIN_SIZE = [352, 352]

@@ -12,7 +12,9 @@ a trainer directly). It
    meta-architecture naming the config key of its class count;
 3. for models with an ignore value, checks it against each dataset's ``ignore_label``;
 4. reads the first image of each custom dataset with ``INPUT.INTENSITY_SCALING`` (a
-   high-bit-depth dataset without a scaling rule is refused, naming the file and its mode).
+   high-bit-depth dataset without a scaling rule is refused, naming the file and its mode);
+5. checks object-segmentation masks (``bcd.data.datasets.object_seg.check_object_seg_masks``:
+   sizes against the images, masks stored as 0 / 1).
 
 Every failure is a ``ValueError`` naming the config key, the dataset and both values, raised
 before any model is built. A meta-architecture without an entry in ``CLASS_COUNT_KEYS`` is not
@@ -156,6 +158,9 @@ def validate_run(cfg, splits: Iterable[str] = ("TRAIN", "TEST")) -> None:
                 names.append(name)
     check_class_counts(cfg, names)
     check_custom_images(cfg, names)
+    from ..data.datasets.object_seg import check_object_seg_masks
+
+    check_object_seg_masks(cfg, names)  # mask sizes, 0 / 1 masks (issue 22)
 
 
 def check_custom_images(cfg, dataset_names: Sequence[str]) -> None:

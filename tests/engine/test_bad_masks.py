@@ -370,3 +370,156 @@ def test_kept_instances_train_and_evaluate(tmp_path, caplog):
     later = (out / "log.txt").read_text().count("instance masks are invalid")
     assert len(early) + later == 1 and json_file in (early or [(out / "log.txt").read_text()])[0]
     assert (out / "model_final.pth").is_file()
+
+
+# ======================================================================= object segmentation
+# Items 3 and 4: masks stored as 0 / 1, masks of another size than their image.
+SKD_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "configs", "demo", "skd_demo_sod_inference.yaml")
+
+
+def write_object_seg(root, n=4, size=(32, 40), fg=1, sizes=None, values=None):
+    """``root/image/<i>.png`` (RGB) and ``root/mask/<i>.png``: a rectangle of value ``fg`` (or
+    ``values[i]``) on 0; ``sizes[i]`` overrides one mask's (h, w)."""
+    from PIL import Image
+
+    os.makedirs(os.path.join(root, "image"), exist_ok=True)
+    os.makedirs(os.path.join(root, "mask"), exist_ok=True)
+    rng = np.random.default_rng(0)
+    h, w = size
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+            os.path.join(root, "image", f"{i}.png"))
+        mh, mw = (sizes or {}).get(i, size)
+        m = np.zeros((mh, mw), np.uint8)
+        m[mh // 4: mh // 4 + mh // 2, mw // 8 + i: mw // 8 + i + mw // 2] = (values or {}).get(i, fg)
+        Image.fromarray(m).save(os.path.join(root, "mask", f"{i}.png"))
+    return os.path.join(root, "image"), os.path.join(root, "mask")
+
+
+def _object_seg_entry(name, image_dir, mask_dir, **kw):
+    return dict({"NAME": name, "TYPE": "object_seg", "IMAGE_DIR": image_dir, "MASK_DIR": mask_dir}, **kw)
+
+
+def _object_seg_opts(out, entries, train, test, *extra):
+    return ["--config-file", SKD_CONFIG, "DATASETS.CUSTOM", str(entries),
+            "DATASETS.TRAIN", str(tuple(train)), "DATASETS.TEST", str(tuple(test)),
+            "INPUT.OBJECT_SEG.TRAIN_SIZE", "[32, 32]", "INPUT.OBJECT_SEG.TEST_SIZE", "[32, 32]",
+            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0",
+            "SEED", "0", "OUTPUT_DIR", str(out), *extra]
+
+
+def test_zero_one_masks_are_read_as_binary_with_a_warning(tmp_path, caplog):
+    """The issue's case: 0 / 1 masks trained and evaluated as empty (maxF 0.0000) without a word.
+    Now one warning names the dataset, a mask and the key; training and evaluation read 1 as
+    the object."""
+    from bcd.data import DatasetCatalog
+    from bcd.data.mappers.object_seg import ObjectSegDatasetMapper
+
+    img, msk = write_object_seg(str(tmp_path / "d"))
+    entry = _object_seg_entry("t22_os01", img, msk)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        res = _run(_object_seg_opts(out, [entry], ["t22_os01"], ["t22_os01"]))
+    warnings = [r.getMessage() for r in caplog.records if "only the values 0 and 1" in r.getMessage()]
+    warnings += [line for line in (out / "log.txt").read_text().splitlines() if "only the values 0 and 1" in line]
+    assert len(warnings) == 1, warnings
+    msg = warnings[0]
+    assert "'t22_os01'" in msg and os.path.join(msk, "0.png") in msg and "4 of its 4 masks checked" in msg
+    assert "INPUT.OBJECT_SEG.MASK_THRESHOLD" in msg and "INPUT.OBJECT_SEG.ZERO_ONE_MASKS error" in msg
+    assert res["object_seg/maxF"] > 0.0  # 0.0 exactly when every ground truth mask is empty
+    # What the model was given: the mask's 1-pixels as the object, at training and at test.
+    from bcd.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(SKD_CONFIG)
+    d = DatasetCatalog.get("t22_os01")[1]
+    raw = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(d["mask_file_name"]))
+    test = ObjectSegDatasetMapper(cfg, is_train=False)(d)
+    assert torch.equal(test["sem_seg"], torch.from_numpy((raw == 1).astype(np.int64)))
+
+
+def test_zero_one_masks_refused_naming_the_key(tmp_path):
+    img, msk = write_object_seg(str(tmp_path / "d"))
+    entry = _object_seg_entry("t22_os01_err", img, msk, MASK_THRESHOLD=100)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as e:
+        _run(_object_seg_opts(out, [entry], ["t22_os01_err"], [], "INPUT.OBJECT_SEG.ZERO_ONE_MASKS", "error"))
+    msg = str(e.value)
+    assert "'t22_os01_err'" in msg and os.path.join(msk, "0.png") in msg
+    assert "INPUT.OBJECT_SEG.ZERO_ONE_MASKS is 'error'" in msg
+    assert "value > 100 (DATASETS.CUSTOM['t22_os01_err'].MASK_THRESHOLD)" in msg
+    assert not out.exists()
+
+
+def test_zero_one_and_255_masks_mixed_are_refused(tmp_path):
+    img, msk = write_object_seg(str(tmp_path / "d"), values={2: 255})
+    entry = _object_seg_entry("t22_os_mixed", img, msk)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as e:
+        _run(_object_seg_opts(out, [entry], ["t22_os_mixed"], []))
+    msg = str(e.value)
+    assert "mixes masks stored as 0 / 1" in msg and os.path.join(msk, "2.png") in msg
+    assert not out.exists()
+
+
+def test_0_255_masks_pass_without_warning(tmp_path, caplog):
+    from bcd.config import get_cfg
+    from bcd.data.datasets import register_from_config
+    from bcd.data.datasets.object_seg import check_object_seg_masks
+
+    img, msk = write_object_seg(str(tmp_path / "d"), fg=255)
+    cfg = get_cfg()
+    cfg.DATASETS.CUSTOM = [_object_seg_entry("t22_os255", img, msk)]
+    cfg.DATASETS.TRAIN = ("t22_os255",)
+    cfg.DATASETS.TEST = ()
+    register_from_config(cfg)
+    with caplog.at_level(logging.WARNING):
+        check_object_seg_masks(cfg, ["t22_os255"])
+    assert not caplog.records
+    from bcd.data import MetadataCatalog
+
+    assert MetadataCatalog.get("t22_os255").get("mask_threshold") is None  # the default rule
+
+
+def test_values_of_a_sample_of_a_large_dataset_are_read(tmp_path, monkeypatch):
+    """Above MASK_VALUE_CHECKS images, that many masks spread evenly (first and last among them)
+    are read; every mask's size is still checked."""
+    import bcd.data.datasets.object_seg as OS
+    from bcd.config import get_cfg
+    from bcd.data.datasets import register_from_config
+
+    img, msk = write_object_seg(str(tmp_path / "d"), n=7, fg=255)
+    cfg = get_cfg()
+    cfg.DATASETS.CUSTOM = [_object_seg_entry("t22_os_sample", img, msk)]
+    cfg.DATASETS.TRAIN = ("t22_os_sample",)
+    cfg.DATASETS.TEST = ()
+    register_from_config(cfg)
+    read = []
+    real = OS.read_image
+    monkeypatch.setattr(OS, "MASK_VALUE_CHECKS", 3)
+    monkeypatch.setattr(OS, "read_image", lambda p, **k: read.append(os.path.basename(p)) or real(p, **k))
+    OS.check_object_seg_masks(cfg, ["t22_os_sample"])
+    assert read == ["0.png", "3.png", "6.png"]
+
+
+def test_mask_of_another_size_refused_before_training_naming_both_files(tmp_path, monkeypatch):
+    """detectron2#5349: a validation mask of another size failed only after training. Now the
+    start-up check refuses it, before any model is built or anything written."""
+    from bcd.modeling.meta_arch.object_seg import ObjectSegmentor
+
+    img, msk = write_object_seg(str(tmp_path / "train"), fg=255)
+    vimg, vmsk = write_object_seg(str(tmp_path / "val"), fg=255, sizes={3: (32, 41)})
+    entries = [_object_seg_entry("t22_os_size_tr", img, msk), _object_seg_entry("t22_os_size_val", vimg, vmsk)]
+
+    def _built(*a, **k):
+        raise AssertionError("a model was built before the mask check")
+
+    monkeypatch.setattr(ObjectSegmentor, "__init__", _built)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as e:
+        _run(_object_seg_opts(out, entries, ["t22_os_size_tr"], ["t22_os_size_val"]))
+    msg = str(e.value)
+    assert os.path.join(vmsk, "3.png") in msg and os.path.join(vimg, "3.png") in msg
+    assert "32×41" in msg and "32×40" in msg and "'t22_os_size_val'" in msg
+    assert not out.exists()

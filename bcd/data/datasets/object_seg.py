@@ -19,6 +19,12 @@ one without code::
 Masks are 8-bit grayscale images (any format PIL reads); a pixel is foreground when its value
 is greater than the threshold (default 128, as ``pysodmetrics`` binarises ground truth).
 
+``check_object_seg_masks(cfg, names)`` (run by ``validate_run`` before training) checks every
+mask's size against its image (headers only) and the values of a sample of masks (all of them
+up to ``MASK_VALUE_CHECKS`` images): masks stored as 0 / 1 would all be empty under the ``> 128``
+rule; they are read as binary (threshold 0 for that dataset, with a warning) or refused, as
+``INPUT.OBJECT_SEG.ZERO_ONE_MASKS`` says.
+
 Builtin datasets (layouts under ``$BCD_DATASETS``, see ``datasets/README.md``):
 
 | names | layout |
@@ -35,12 +41,15 @@ import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..catalog import DatasetCatalog, MetadataCatalog
-from ..io import image_size
+from ..io import image_size, read_image
 from . import CUSTOM_DATASET_TYPES, DATASET_CHECKS, get_datasets_root
 
 __all__ = [
     "DEFAULT_IMAGE_EXTS",
     "BUILTIN_OBJECT_SEG",
+    "MASK_VALUE_CHECKS",
+    "ZERO_ONE_RULES",
+    "check_object_seg_masks",
     "load_object_seg",
     "register_object_seg",
     "register_custom_object_seg",
@@ -196,8 +205,10 @@ def register_custom_object_seg(entry: Dict[str, Any]) -> None:
         raise ValueError(f"DATASETS.CUSTOM '{name}': MASK_THRESHOLD must be in [0, 255); got {threshold}")
 
     def _load() -> List[Dict[str, Any]]:
+        # The metadata's threshold: the entry's MASK_THRESHOLD, or 0 once check_object_seg_masks
+        # found 0 / 1 masks.
         return load_object_seg(image_dir, mask_dir, list(exts), mask_ext, list_file,
-                               mask_threshold=threshold)
+                               mask_threshold=MetadataCatalog.get(name).get("mask_threshold"))
 
     folders = [image_dir] + ([mask_dir] if mask_dir else [])
     register_object_seg(name, _load, check=_folder_check(*folders), image_root=image_dir,
@@ -205,6 +216,109 @@ def register_custom_object_seg(entry: Dict[str, Any]) -> None:
 
 
 CUSTOM_DATASET_TYPES["object_seg"] = register_custom_object_seg
+
+
+# ------------------------------------------------------------------------ start-up mask check
+# Masks whose values are read at start-up: all of them up to this many images, else this many
+# spread evenly over the dataset (the first included). Sizes are checked for every mask.
+MASK_VALUE_CHECKS = 32
+# INPUT.OBJECT_SEG.ZERO_ONE_MASKS: what to do with a dataset whose masks hold only 0 and 1.
+ZERO_ONE_RULES = ("binary", "error")
+_ZERO_ONE_KEY = "INPUT.OBJECT_SEG.ZERO_ONE_MASKS"
+
+
+def _threshold_key(cfg, name: str) -> str:
+    for entry in cfg.DATASETS.CUSTOM:
+        if dict(entry).get("NAME") == name and dict(entry).get("MASK_THRESHOLD") is not None:
+            return f"DATASETS.CUSTOM['{name}'].MASK_THRESHOLD"
+    return "INPUT.OBJECT_SEG.MASK_THRESHOLD"
+
+
+def check_object_seg_masks(cfg, dataset_names: Sequence[str]) -> None:
+    """Check the masks of every object-segmentation dataset among ``dataset_names`` (metadata
+    ``evaluator_type == "object_seg"``) before training, so that what would fail or silently
+    mislead mid-run fails now.
+
+    * Every mask's size (header only) against its image's: a mask of another size is an error
+      naming both files (it used to fail only when the loader met it, after training for a
+      validation mask).
+    * The values of the masks of ``MASK_VALUE_CHECKS`` images (all of a smaller dataset), read
+      as the mapper reads them (8-bit grayscale). With a threshold ``t >= 1`` (foreground =
+      value > t, default 128) masks stored as 0 / 1 (BASNet#44, U-2-Net#276) would all be
+      empty. ``INPUT.OBJECT_SEG.ZERO_ONE_MASKS`` "binary" (default) reads such a dataset as
+      0 = background, 1 = object: its threshold becomes 0 (metadata ``mask_threshold``, which
+      the loader's dicts and the evaluator use), with a warning naming the dataset and a mask;
+      "error" refuses it, naming the key. A dataset mixing 0 / 1 masks with 0..255 masks is
+      refused either way. Masks with values but none above the threshold get a warning.
+
+    Raises:
+        ValueError: naming the dataset, the files and the key.
+    """
+    rule = str(cfg.INPUT.OBJECT_SEG.ZERO_ONE_MASKS)
+    if rule not in ZERO_ONE_RULES:
+        raise ValueError(f"{_ZERO_ONE_KEY} is '{rule}'; valid: {', '.join(ZERO_ONE_RULES)}")
+    for name in dataset_names:
+        meta = MetadataCatalog.get(name)
+        if meta.get("evaluator_type") != "object_seg":
+            continue
+        dicts = [d for d in DatasetCatalog.get(name) if d.get("mask_file_name")]
+        if not dicts:
+            continue
+        for d in dicts:
+            mask_hw = image_size(d["mask_file_name"])
+            img_hw = (d["height"], d["width"]) if "height" in d else image_size(d["file_name"])
+            if tuple(mask_hw) != tuple(img_hw):
+                raise ValueError(
+                    f"Dataset '{name}': mask '{d['mask_file_name']}' is {mask_hw[0]}×{mask_hw[1]} "
+                    f"but its image '{d['file_name']}' is {img_hw[0]}×{img_hw[1]} (height × width); "
+                    f"image and mask must have the same size"
+                )
+        n = len(dicts)
+        picks = range(n) if n <= MASK_VALUE_CHECKS else sorted(
+            {round(i * (n - 1) / (MASK_VALUE_CHECKS - 1)) for i in range(MASK_VALUE_CHECKS)})
+        threshold = int(dicts[0].get("mask_threshold", cfg.INPUT.OBJECT_SEG.MASK_THRESHOLD))
+        if threshold < 1:
+            continue  # foreground = value > 0: 0 / 1 masks read as they are
+        zero_one, wide, maxima = [], [], []
+        for i in picks:
+            path = dicts[i]["mask_file_name"]
+            vmax = int(read_image(path, format="L").max())
+            maxima.append(vmax)
+            if vmax == 1:
+                zero_one.append(path)
+            elif vmax > 1:
+                wide.append((path, vmax))
+        checked = f"{len(maxima)} of its {n} masks checked"
+        key = _threshold_key(cfg, name)
+        if zero_one and wide:
+            raise ValueError(
+                f"Dataset '{name}' mixes masks stored as 0 / 1 ('{zero_one[0]}' and "
+                f"{len(zero_one) - 1} more) with masks of values up to {wide[0][1]} "
+                f"('{wide[0][0]}'; {checked}): one threshold ({key} {threshold}) cannot read both. "
+                f"Save every mask with the same coding (0 / 255 as the public sets)"
+            )
+        if zero_one:
+            if rule == "error":
+                raise ValueError(
+                    f"Dataset '{name}': its masks hold only the values 0 and 1 (e.g. "
+                    f"'{zero_one[0]}'; {checked}), so with foreground = value > {threshold} "
+                    f"({key}) every mask is empty. {_ZERO_ONE_KEY} is 'error'; set it to 'binary' "
+                    f"to read them as 0 = background, 1 = object, or save the masks as 0 / 255"
+                )
+            logger.warning(
+                f"Dataset '{name}': its masks hold only the values 0 and 1 (e.g. '{zero_one[0]}'; "
+                f"{checked}); foreground = value > {threshold} ({key}) would make every mask "
+                f"empty, so they are read as binary (0 = background, 1 = object; threshold 0 for "
+                f"this dataset, in training and evaluation). {_ZERO_ONE_KEY} error refuses them "
+                f"instead"
+            )
+            meta.mask_threshold = 0  # the loader's dicts and the evaluator read it
+        elif wide and all(v <= threshold for v in maxima):
+            logger.warning(
+                f"Dataset '{name}': none of its {len(maxima)} checked masks has a value above "
+                f"{threshold} ({key}; highest {max(maxima)} in '{max(wide, key=lambda t: t[1])[0]}'): "
+                f"they read as empty (no object)"
+            )
 
 
 # ------------------------------------------------------------------------------------- builtin
@@ -226,11 +340,12 @@ BUILTIN_OBJECT_SEG: Dict[str, tuple] = {
 }
 
 
-def _builtin_loader(image_dir: str, mask_dir: str) -> Callable[[], List[Dict[str, Any]]]:
+def _builtin_loader(name: str, image_dir: str, mask_dir: str) -> Callable[[], List[Dict[str, Any]]]:
     # The root is read when the dataset is loaded, so $BCD_DATASETS set after import counts.
     def _load() -> List[Dict[str, Any]]:
         root = get_datasets_root()
-        return load_object_seg(os.path.join(root, image_dir), os.path.join(root, mask_dir))
+        return load_object_seg(os.path.join(root, image_dir), os.path.join(root, mask_dir),
+                               mask_threshold=MetadataCatalog.get(name).get("mask_threshold"))
 
     return _load
 
@@ -248,7 +363,7 @@ def register_all_object_seg() -> None:
     for name, (image_dir, mask_dir, task) in BUILTIN_OBJECT_SEG.items():
         register_object_seg(
             name,
-            _builtin_loader(image_dir, mask_dir),
+            _builtin_loader(name, image_dir, mask_dir),
             check=_builtin_check(image_dir, mask_dir),
             image_root=image_dir,
             mask_root=mask_dir,
