@@ -153,17 +153,20 @@ class EvalHook(HookBase):
 
     ``eval_function()`` returns nested results ``{task: {metric: value}}`` (on the main process);
     they are put in the storage flattened (``task/metric``) at the current iteration, so the
-    writers write them with that iteration.
+    writers write them with that iteration. ``last_results`` holds the flattened results of the
+    latest evaluation (``{}`` on the processes other than the main one).
     """
 
     def __init__(self, eval_period: int, eval_function: Callable[[], Mapping[str, Any]]):
         self._period = int(eval_period)
         self._func = eval_function
+        self.last_results: Dict[str, float] = {}
 
     def _do_eval(self) -> None:
         from ..evaluation import flatten_results_dict
 
         results = self._func()
+        self.last_results = {}
         if results:
             flat = flatten_results_dict(results)
             for k, v in flat.items():
@@ -175,6 +178,7 @@ class EvalHook(HookBase):
                         "{task: {metric: float}}"
                     ) from e
                 self.trainer.storage.put_scalar(k, v, smoothing_hint=False)
+                self.last_results[k] = v
         # Evaluation may take different times on different processes: wait for all.
         comm.synchronize()
 
@@ -193,7 +197,13 @@ class EvalHook(HookBase):
 class BestCheckpointer(HookBase):
     """After each evaluation, save ``model_best.pth`` (deployable weights) when ``metric``
     improved (``mode`` "max": higher is better, "min": lower is better). Register it after
-    the ``EvalHook`` with the same ``eval_period``."""
+    the ``EvalHook`` with the same ``eval_period``.
+
+    An evaluation whose ``metric`` is NaN / inf (undefined: ``bbox/APl`` on data without large
+    objects, detectron2#1482) or missing gets a warning naming the metric and saying that no
+    ``model_best.pth`` was written, and why; a name no evaluator can produce is refused at
+    start-up (``bcd.engine.validation.check_best_checkpoint_metric``).
+    """
 
     def __init__(self, eval_period: int, checkpointer: Checkpointer, metric: str,
                  mode: str = "max", file_prefix: str = "model_best") -> None:
@@ -210,16 +220,30 @@ class BestCheckpointer(HookBase):
     def _check(self) -> None:
         if not comm.is_main_process():
             return  # evaluation results exist on the main process only
-        latest = self.trainer.storage.latest().get(self._metric)
-        if latest is None:
+        storage = self.trainer.storage
+        latest = storage.latest().get(self._metric)
+        best = (f"model_best.pth keeps {self.best_metric:.4f} from iteration {self.best_iter}"
+                if self.best_metric is not None else "no model_best.pth exists yet")
+        if latest is None or latest[1] != self.trainer.iter:
+            # The EvalHook ran just before (its results carry this iteration).
+            evals = [h for h in getattr(self.trainer, "_hooks", []) if isinstance(h, EvalHook)]
+            produced = sorted(evals[-1].last_results) if evals else []
             logger.warning(
-                f"BestCheckpointer: metric '{self._metric}' (TEST.BEST_CHECKPOINT_METRIC) not "
-                f"found among {sorted(self.trainer.storage.latest())}; nothing saved"
+                f"BestCheckpointer: the evaluation at iteration {self.trainer.iter} returned no "
+                f"'{self._metric}' (TEST.BEST_CHECKPOINT_METRIC)"
+                f"{f'; it returned {produced[:20]}' if produced else ' (no results)'}; no "
+                f"model_best.pth written ({best})"
             )
             return
         value, metric_iter = latest
-        if metric_iter != self.trainer.iter or not math.isfinite(value):
-            return  # not evaluated at this iteration
+        if not math.isfinite(value):
+            logger.warning(
+                f"BestCheckpointer: '{self._metric}' (TEST.BEST_CHECKPOINT_METRIC) is {value} at "
+                f"iteration {metric_iter}: the evaluator could not compute it on this test set "
+                f"(e.g. no ground truth of that kind, such as no large objects for bbox/APl); no "
+                f"model_best.pth written ({best}). Choose a metric defined on the test set"
+            )
+            return
         if self.best_metric is None or self._compare(value, self.best_metric):
             logger.info(
                 f"Saved best model: {self._metric} = {value:.4f} at iteration {metric_iter} "

@@ -14,7 +14,9 @@ a trainer directly). It
 4. reads the first image of each custom dataset with ``INPUT.INTENSITY_SCALING`` (a
    high-bit-depth dataset without a scaling rule is refused, naming the file and its mode);
 5. checks object-segmentation masks (``bcd.data.datasets.object_seg.check_object_seg_masks``:
-   sizes against the images, masks stored as 0 / 1).
+   sizes against the images, masks stored as 0 / 1);
+6. when training, checks ``TEST.BEST_CHECKPOINT_METRIC`` against the names the evaluators of
+   ``DATASETS.TEST`` can return (``check_best_checkpoint_metric``).
 
 Every failure is a ``ValueError`` naming the config key, the dataset and both values, raised
 before any model is built. A meta-architecture without an entry in ``CLASS_COUNT_KEYS`` is not
@@ -161,6 +163,8 @@ def validate_run(cfg, splits: Iterable[str] = ("TRAIN", "TEST")) -> None:
     from ..data.datasets.object_seg import check_object_seg_masks
 
     check_object_seg_masks(cfg, names)  # mask sizes, 0 / 1 masks (issue 22)
+    if "TRAIN" in splits:
+        check_best_checkpoint_metric(cfg)
 
 
 def check_custom_images(cfg, dataset_names: Sequence[str]) -> None:
@@ -182,3 +186,50 @@ def check_custom_images(cfg, dataset_names: Sequence[str]) -> None:
         if dicts:
             read_image(dicts[0]["file_name"], scaling=scaling)
 
+
+
+def check_best_checkpoint_metric(cfg) -> None:
+    """Raise ``ValueError`` when ``TEST.BEST_CHECKPOINT_METRIC`` is set but no evaluation of the
+    run can produce it, so that no run trains to the end without ever writing ``model_best.pth``
+    (detectron2#1482).
+
+    The valid names are the flattened results of ``DefaultTrainer.test``: ``task/metric`` with
+    one test dataset, ``dataset/task/metric`` with several, as each dataset's evaluator
+    (``bcd.evaluation.build_evaluator``, built here without an output folder) lists them in
+    ``metric_names()``. An evaluator that does not list its names (None) leaves the metric
+    unchecked, with a note in the log. A name that is valid but undefined at an evaluation
+    (NaN, e.g. ``bbox/APl`` without large objects) is the ``BestCheckpointer``'s warning.
+    """
+    import difflib
+
+    from ..evaluation import build_evaluator
+
+    metric = cfg.TEST.BEST_CHECKPOINT_METRIC
+    if not metric:
+        return
+    key = "TEST.BEST_CHECKPOINT_METRIC"
+    tests = list(cfg.DATASETS.TEST)
+    if not tests:
+        raise ValueError(
+            f"{key} is '{metric}' but DATASETS.TEST is empty: no evaluation runs, so no "
+            f"model_best.pth would be written. Add a test dataset or set {key} ''"
+        )
+    valid: List[str] = []
+    for name in tests:
+        names = build_evaluator(cfg, name, None).metric_names()
+        if names is None:
+            logger.info(
+                f"The evaluator of '{name}' does not list its metric names: {key} '{metric}' is "
+                f"not checked at start-up"
+            )
+            return
+        valid += names if len(tests) == 1 else [f"{name}/{n}" for n in names]
+    if metric not in valid:
+        # with several test datasets the names start with the dataset's
+        close = [v for v in valid if v.endswith("/" + metric)] or difflib.get_close_matches(
+            metric, valid, n=3, cutoff=0.5)
+        shown = valid if len(valid) <= 40 else valid[:40] + [f"... ({len(valid)} in all)"]
+        raise ValueError(
+            f"{key} is '{metric}', which the evaluators of DATASETS.TEST {tests} do not produce"
+            f"{f' (closest: {close})' if close else ''}; valid names: {', '.join(shown)}"
+        )

@@ -97,6 +97,12 @@ class CityscapesSemSegEvaluator(SemSegEvaluator):
             Image.fromarray(train_id_to_label_id(pred)).save(pred_file)
             self._pairs.append((pred_file, _gt_label_ids_file(label_file)))
 
+    def metric_names(self) -> List[str]:
+        """``SemSegEvaluator``'s and ``cityscapes_sem_seg/{IoU, IoU_sup, iIoU, iIoU_sup}`` (the
+        iIoU pair only when the ``*_gtFine_instanceIds.png`` files exist)."""
+        return super().metric_names() + [
+            f"cityscapes_sem_seg/{k}" for k in ("IoU", "IoU_sup", "iIoU", "iIoU_sup")]
+
     def evaluate(self) -> "OrderedDict[str, Dict[str, float]]":
         """Main process: ``{"sem_seg": {...}, "cityscapes_sem_seg": {"IoU", "IoU_sup"[, "iIoU",
         "iIoU_sup"]}}`` in percent; other processes: an empty dict."""
@@ -256,6 +262,10 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
                     lines.append(f"{png} {label_ids[c]} {float(s)}\n")
             with open(os.path.join(self._dir, stem + "_pred.txt"), "w") as f:
                 f.writelines(lines)
+
+    def metric_names(self) -> List[str]:
+        """``segm/AP``, ``segm/AP50``, ``segm/AP-<class>``."""
+        return ["segm/AP", "segm/AP50"] + [f"segm/AP-{name}" for name in self.thing_classes]
 
     def evaluate(self) -> "OrderedDict[str, Dict[str, float]]":
         gt_files = [g for part in comm.gather(self._gt_files, dst=0) for g in part]

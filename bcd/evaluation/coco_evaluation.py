@@ -172,6 +172,12 @@ class COCOEvaluator(DatasetEvaluator):
                 pred["instances"] = instances_to_coco_json(out["instances"], inp["image_id"])
             self._predictions.append(pred)
 
+    def metric_names(self) -> List[str]:
+        """``<task>/<metric>`` for ``bbox`` (and ``segm`` when asked for, or possible with
+        ``tasks=None``): AP, AP50, AP75, APs, APm, APl and ``AP-<class>``."""
+        tasks = self.tasks or ("bbox", "segm")
+        return [f"{t}/{m}" for t in tasks for m in _METRICS + [f"AP-{c}" for c in self.thing_classes]]
+
     def evaluate(self, img_ids: Optional[List[int]] = None) -> "OrderedDict[str, Dict[str, float]]":
         """Gather, write the results json, and score with COCOeval on the main process.
 

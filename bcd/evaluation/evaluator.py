@@ -38,6 +38,12 @@ class DatasetEvaluator:
         """The metrics over everything processed since ``reset()`` (main process only)."""
         return OrderedDict()
 
+    def metric_names(self) -> Optional[List[str]]:
+        """The flattened names (``task/metric``) ``evaluate()`` can return, for the start-up
+        check of ``TEST.BEST_CHECKPOINT_METRIC``; None when unknown (then not checked). An
+        evaluator overrides it next to its ``evaluate``."""
+        return None
+
 
 class DatasetEvaluators(DatasetEvaluator):
     """Several evaluators run on the same pass; their results are merged (tasks must differ)."""
@@ -52,6 +58,16 @@ class DatasetEvaluators(DatasetEvaluator):
     def process(self, inputs: List[dict], outputs: List[dict]) -> None:
         for e in self._evaluators:
             e.process(inputs, outputs)
+
+    def metric_names(self) -> Optional[List[str]]:
+        """Every evaluator's names; None when one of them does not know its own."""
+        names: List[str] = []
+        for e in self._evaluators:
+            mine = e.metric_names()
+            if mine is None:
+                return None
+            names += mine
+        return names
 
     def evaluate(self) -> "OrderedDict[str, Dict[str, float]]":
         results: "OrderedDict[str, Dict[str, float]]" = OrderedDict()

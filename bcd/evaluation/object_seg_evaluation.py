@@ -230,6 +230,10 @@ class ObjectSegEvaluator(DatasetEvaluator):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         Image.fromarray(np.clip(np.round(prob * 255), 0, 255).astype(np.uint8)).save(path)
 
+    def metric_names(self) -> List[str]:
+        """``object_seg/<metric>`` for each of ``OBJECT_SEG_METRICS``."""
+        return [f"object_seg/{k}" for k in OBJECT_SEG_METRICS]
+
     def evaluate(self) -> "OrderedDict[str, Dict[str, float]]":
         """Main process: ``{"object_seg": {MAE, maxF, meanF, adpF, wF, Sm, maxE, meanE, adpE}}``;
         other processes: an empty dict."""

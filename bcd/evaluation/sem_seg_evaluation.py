@@ -259,15 +259,7 @@ class SemSegEvaluator(DatasetEvaluator):
             return OrderedDict()
         if counts["n"] == 0:
             logger.warning(f"SemSegEvaluator on '{self._dataset_name}': no image was processed")
-        cc = (
-            {f"cc_{key}": counts[f"cc_{key}"] for key in ("min", "max", "gt", "pred")}
-            if self._connectivity else {}
-        )
-        res = sem_seg_metrics(
-            counts["conf"], counts["b_inter"], counts["b_union"], counts["b_gt"], self._class_names, **cc
-        )
-        if self._boundary_ratio <= 0:
-            res = OrderedDict((k, v) for k, v in res.items() if "BIoU" not in k)
+        res = self._metrics(counts)
         self._log_table(res, int(counts["n"]))
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
@@ -286,6 +278,28 @@ class SemSegEvaluator(DatasetEvaluator):
                     indent=1,
                 )
         return OrderedDict(sem_seg=res)
+
+    def _metrics(self, counts: Dict[str, np.ndarray]) -> "OrderedDict[str, float]":
+        """``sem_seg_metrics`` of summed ``counts`` with this evaluator's options."""
+        cc = (
+            {f"cc_{key}": counts[f"cc_{key}"] for key in ("min", "max", "gt", "pred")}
+            if self._connectivity else {}
+        )
+        res = sem_seg_metrics(
+            counts["conf"], counts["b_inter"], counts["b_union"], counts["b_gt"], self._class_names, **cc
+        )
+        if self._boundary_ratio <= 0:
+            res = OrderedDict((k, v) for k, v in res.items() if "BIoU" not in k)
+        return res
+
+    def metric_names(self) -> List[str]:
+        """``sem_seg/<metric>``: what ``evaluate`` returns with these options (computed on
+        empty counts, so the list cannot drift from the metrics)."""
+        k = self._num_classes
+        zeros = {"conf": np.zeros((k, k), np.int64), "b_inter": np.zeros(k, np.int64),
+                 "b_union": np.zeros(k, np.int64), "b_gt": np.zeros(k, np.int64),
+                 **{f"cc_{key}": np.zeros(k, np.int64) for key in ("min", "max", "gt", "pred")}}
+        return [f"sem_seg/{name}" for name in self._metrics(zeros)]
 
     def _log_table(self, res: Dict[str, float], num_images: int) -> None:
         from tabulate import tabulate
