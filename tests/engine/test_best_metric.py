@@ -38,7 +38,7 @@ def _retinanet_opts(out, entries, test, metric, *extra):
 
 
 # ----------------------------------------------------------------------- at start-up
-def test_metric_no_evaluator_produces_is_refused_naming_key_and_valid_names(tmp_path):
+def test_metric_no_evaluator_produces_is_refused_naming_key_and_valid_names(tmp_path, caplog):
     entry = _small_objects_coco(str(tmp_path / "c"), "t22_best_typo")
     out = tmp_path / "out"
     with pytest.raises(ValueError) as e:
@@ -49,9 +49,18 @@ def test_metric_no_evaluator_produces_is_refused_naming_key_and_valid_names(tmp_
     assert not out.exists()
     with pytest.raises(ValueError, match=r"'sem_seg/mIoU', which the evaluators"):
         _run(_retinanet_opts(out, [entry], ["t22_best_typo"], "sem_seg/mIoU"))
-    with pytest.raises(ValueError, match="DATASETS.TEST is empty"):
-        _run(_retinanet_opts(out, [entry], [], "bbox/AP"))
     assert not out.exists()
+    # Evaluation switched off: a warning, not an error (the configs' bases set a metric).
+    from bcd.config import get_cfg
+    from bcd.engine.validation import check_best_checkpoint_metric
+
+    cfg = get_cfg()
+    cfg.TEST.BEST_CHECKPOINT_METRIC = "bbox/AP"
+    cfg.DATASETS.TEST = ()
+    with caplog.at_level(logging.WARNING):
+        check_best_checkpoint_metric(cfg)
+    assert any("DATASETS.TEST is empty" in r.getMessage() and "no model_best.pth will be written"
+               in r.getMessage() for r in caplog.records)
 
 
 def test_several_test_datasets_name_the_dataset_in_the_metric(tmp_path):
