@@ -109,6 +109,7 @@ def _cleaned(json_file):
     ([], 8, 8, "empty"),
     ([0, 0, 5, 0, 5, 5], 8, 8, "neither"),
     ("0 0 5", 8, 8, "neither"),
+    ([{"size": [8, 8], "counts": [10, 54]}], 8, 8, "neither"),
     ({"size": [8, 8], "counts": [10, 54]}, 8, 8, None),
     ({"size": [8, 8], "counts": [10, 50]}, 8, 8, "does not decode"),
     ({"size": [8, 8], "counts": [10, -4, 58]}, 8, 8, "does not decode"),

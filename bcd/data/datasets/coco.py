@@ -185,8 +185,12 @@ def check_instance_mask(segm: Any, height: int, width: int) -> Tuple[Any, Option
     if len(segm) == 0:
         return None, _EMPTY, "segmentation []"
     if not all(isinstance(p, (list, tuple)) for p in segm):
-        what = ("a flat list of numbers (one polygon is [[x0, y0, x1, y1, ...]])"
-                if all(isinstance(v, (int, float)) for v in segm) else "a list mixing polygons and other values")
+        if all(isinstance(v, (int, float)) for v in segm):
+            what = "a flat list of numbers (one polygon is [[x0, y0, x1, y1, ...]])"
+        elif all(isinstance(v, dict) for v in segm):
+            what = "a list of RLE dicts (an instance has one RLE dict)"
+        else:
+            what = "a list mixing polygons and other values"
         return None, _NOT_A_MASK, f"segmentation is {what}"
     kept, problems = [], []
     for i, poly in enumerate(segm):
