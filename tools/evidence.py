@@ -45,6 +45,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -288,6 +289,8 @@ def run_jobs(jobs: List[Job], spec: Spec) -> Dict[str, Dict[str, Any]]:
     pending = list(jobs)
     running: List[_Process] = []
     logs = os.path.join(os.path.abspath(spec.output_dir), "logs")
+    # a SIGTERM (kill, a job scheduler) stops the runs too, as Ctrl-C does: no orphaned trainings
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         while pending or running:
             for job in list(pending):
@@ -331,6 +334,7 @@ def run_jobs(jobs: List[Job], spec: Spec) -> Dict[str, Dict[str, Any]]:
                 print(f"[evidence]   {p.job.name} done in {rec['wall_s']:.0f}s: "
                       + ", ".join(f"{k.split('/')[-1]} {met[k]:.2f}" for k in shown), flush=True)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for p in running:
             p.proc.kill()
             p.proc.wait()
