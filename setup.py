@@ -27,6 +27,11 @@ INSTALL_REQUIRES = [
     "onnx>=1.16",
     "onnxruntime>=1.18",
     "matplotlib>=3.7",
+    # SegFormer (MiT encoder, decode head) and Mask2Former on transformers' model code;
+    # hf://<repo_id> weights through huggingface_hub's cache; scipy: Mask2Former's Hungarian matching
+    "transformers>=5.0,<6",
+    "huggingface_hub>=1.0",
+    "scipy>=1.10",
 ]
 
 setup(

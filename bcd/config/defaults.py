@@ -438,3 +438,64 @@ _C.KD.APD.DET.CANONICAL_LEVEL = 4
 # "logits" (coarser map to the finer) or "input" (both to the label size, align_corners, APD).
 _C.KD.PIXEL_KD.REDUCTION = "tokens"
 _C.KD.PIXEL_KD.RESIZE = "logits"
+
+# ---------------------------------------------------------------------------------------------
+# Issue 24: SegFormer (MiT + all-MLP decoder), ESPNet, and Mask2Former as a teacher
+# (bcd/modeling/backbone/{mit,espnet}.py, heads/{segformer,espnet}.py, meta_arch/mask2former.py;
+# docs/internals.md "Models built on transformers"). Weights of the transformers-based models are
+# transformers checkpoints: hf://<repo_id> names or save_pretrained folders.
+# ---------------------------------------------------------------------------------------------
+# SegFormer's Mix Transformer encoder ("build_mit_backbone"): MiT-B0 .. B5, on transformers'
+# SegformerModel. The decoder width MODEL.SEM_SEG_HEAD.CHANNELS is 256 for B0/B1, 768 for B2-B5.
+_C.MODEL.SEGFORMER = CN()
+_C.MODEL.SEGFORMER.VARIANT = "b0"  # "b0" .. "b5"
+_C.MODEL.SEGFORMER.DROP_PATH_RATE = 0.1  # stochastic depth of the encoder (SegFormer: 0.1)
+
+# ESPNet (Mehta et al., ECCV 2018; "build_espnet_backbone" + "ESPNetHead"): ESP modules at
+# stride 4 (alpha_2) and stride 8 (alpha_3); the paper's ESPNet has 2 and 8 (0.36 M parameters).
+_C.MODEL.ESPNET = CN()
+_C.MODEL.ESPNET.ALPHA2 = 2
+_C.MODEL.ESPNET.ALPHA3 = 8
+
+# Mask2Former (META_ARCHITECTURE "Mask2FormerSegmentor", transformers' Mask2FormerForUniversal-
+# Segmentation) for semantic segmentation; classes MODEL.SEM_SEG_HEAD.NUM_CLASSES. Names follow
+# Detectron2's Mask2Former config (MODEL.MASK_FORMER.*). Defaults: the ADE20K semantic recipe.
+_C.MODEL.MASK2FORMER = CN()
+# Backbone (transformers' Swin or ResNet): "swin" (MODEL.MASK2FORMER.SWIN) or "resnet"
+# (RESNET_DEPTH: 50 / 101 bottleneck, 18 / 34 basic). ImageNet weights: MODEL.BACKBONE.WEIGHTS,
+# a transformers checkpoint (hf://microsoft/swin-tiny-patch4-window7-224, hf://microsoft/resnet-50).
+_C.MODEL.MASK2FORMER.BACKBONE = "swin"
+_C.MODEL.MASK2FORMER.SWIN = CN()
+_C.MODEL.MASK2FORMER.SWIN.EMBED_DIM = 96  # Swin-T; Swin-S: depths [2, 2, 18, 2]
+_C.MODEL.MASK2FORMER.SWIN.DEPTHS = [2, 2, 6, 2]
+_C.MODEL.MASK2FORMER.SWIN.NUM_HEADS = [3, 6, 12, 24]
+_C.MODEL.MASK2FORMER.SWIN.WINDOW_SIZE = 7
+_C.MODEL.MASK2FORMER.SWIN.DROP_PATH_RATE = 0.3
+_C.MODEL.MASK2FORMER.RESNET_DEPTH = 50
+# Pixel decoder (multi-scale deformable attention encoder) and masked-attention decoder
+_C.MODEL.MASK2FORMER.CONVS_DIM = 256  # pixel decoder width (transformers feature_size)
+_C.MODEL.MASK2FORMER.MASK_DIM = 256  # per-pixel embedding (mask features) width
+_C.MODEL.MASK2FORMER.ENC_LAYERS = 6  # deformable-attention layers of the pixel decoder
+_C.MODEL.MASK2FORMER.ENC_DIM_FEEDFORWARD = 1024
+_C.MODEL.MASK2FORMER.HIDDEN_DIM = 256  # query width of the transformer decoder
+_C.MODEL.MASK2FORMER.NUM_QUERIES = 100
+_C.MODEL.MASK2FORMER.NHEADS = 8
+_C.MODEL.MASK2FORMER.DIM_FEEDFORWARD = 2048
+_C.MODEL.MASK2FORMER.DEC_LAYERS = 10  # Detectron2's DEC_LAYERS: 9 decoder layers + the first prediction
+# Training loss (Hungarian matching on sampled points, transformers' Mask2FormerLoss)
+_C.MODEL.MASK2FORMER.CLASS_WEIGHT = 2.0
+_C.MODEL.MASK2FORMER.MASK_WEIGHT = 5.0
+_C.MODEL.MASK2FORMER.DICE_WEIGHT = 5.0
+_C.MODEL.MASK2FORMER.NO_OBJECT_WEIGHT = 0.1
+_C.MODEL.MASK2FORMER.TRAIN_NUM_POINTS = 12544
+_C.MODEL.MASK2FORMER.OVERSAMPLE_RATIO = 3.0
+_C.MODEL.MASK2FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+# What the teacher publishes for distillation (docs/methods.md, "Teachers built on transformers"):
+# FEATURES: backbone.res2..res5 are the pixel decoder's maps ("pixel_decoder": the mask features at
+# 1/4 and the multi-scale maps at 1/8, 1/16, 1/32, as the issue asks) or the backbone's stages
+# ("backbone": shared/design's recommendation for BCD's HFA).
+_C.MODEL.MASK2FORMER.FEATURES = "pixel_decoder"
+# LOGITS: what "logits" / sem_seg_head.predictor carry, from the semantic scores
+# s = softmax(class)[:-1] x sigmoid(mask) summed over queries: "log_scores" (log s, so that a KD
+# softmax gives s normalised over the classes) or "scores" (s itself).
+_C.MODEL.MASK2FORMER.LOGITS = "log_scores"

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from bcd.config import CfgNode, get_cfg
 from bcd.modeling.d2_convert import maybe_convert_detectron2
+from bcd.modeling.hf_checkpoint import hf_checkpoint_state_dict, is_hf_checkpoint
 from bcd.modeling.meta_arch.build import META_ARCH_REGISTRY
 from bcd.utils.events import current_event_storage
 from bcd.utils.registry import lookup
@@ -88,14 +89,20 @@ def teacher_config(cfg: CfgNode) -> CfgNode:
 def load_teacher_weights(model: nn.Module, path: str) -> None:
     """Strictly load ``path`` into the teacher; a mismatch names the file and the keys.
 
-    Accepts ``{"model": state_dict, ...}`` (a training checkpoint or ``model_final.pth``) or a
-    bare state dict; a ``module.`` prefix (DDP) is stripped.
+    Accepts ``{"model": state_dict, ...}`` (a training checkpoint or ``model_final.pth``), a
+    bare state dict (a ``module.`` prefix, DDP, is stripped), or a transformers checkpoint
+    (``hf://<repo_id>`` or a ``save_pretrained`` folder) of a model built on transformers
+    (``bcd/modeling/hf_checkpoint.py``).
     """
     if not path:
         raise ValueError("KD.TEACHER.WEIGHTS is empty: a distillation run needs trained teacher weights")
-    if not os.path.isfile(path):
+    if is_hf_checkpoint(path):
+        # a transformers checkpoint (hf:// name or save_pretrained folder): bcd/modeling/hf_checkpoint.py
+        ckpt = {"model": hf_checkpoint_state_dict(path, model, key="KD.TEACHER.WEIGHTS")}
+    elif not os.path.isfile(path):
         raise FileNotFoundError(f"KD.TEACHER.WEIGHTS '{path}' does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    else:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"KD.TEACHER.WEIGHTS '{path}' holds no state dict (got {type(ckpt).__name__})")

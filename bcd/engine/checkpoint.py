@@ -9,6 +9,9 @@
   distillation run: the student) loads into a model whose ``deploy_model()`` it fits; a full
   checkpoint of a wrapper (``student.*`` keys) loads into the plain model it wraps.
 * Checkpoints are pickles (they hold optimizer and hook states): load only files you trust.
+* A Hugging Face ``transformers`` checkpoint (an ``hf://`` name or a ``save_pretrained`` folder)
+  loads into the models built on transformers' code (SegFormer, Mask2Former): it is read by
+  transformers and renamed by ``bcd/modeling/hf_checkpoint.py``, then loaded as strictly.
 * A checkpoint is written only when every parameter and buffer of the model is finite; otherwise
   ``save`` raises ``FloatingPointError`` naming the tensors and writes nothing, so
   ``last_checkpoint`` never names a non-finite state (``nonfinite_tensors`` does the check; the
@@ -252,6 +255,14 @@ class Checkpointer(_FvCheckpointer):
             FileNotFoundError: naming ``path`` when it does not exist.
             ValueError: naming ``path`` and the keys when the weights do not fit the model.
         """
+        from ..modeling.hf_checkpoint import hf_checkpoint_state_dict, is_hf_checkpoint
+
+        if is_hf_checkpoint(path):
+            # a transformers checkpoint (folder / hf:// name): the model only, no training state
+            self._loading_path = path
+            self.logger.info(f"Loading transformers checkpoint {path} ...")
+            self._load_model({"model": hf_checkpoint_state_dict(path, deploy_model(self.model))})
+            return {}
         if path and not os.path.isfile(path):
             local = self.path_manager.get_local_path(path)
             if not os.path.isfile(local):

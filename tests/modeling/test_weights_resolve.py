@@ -210,3 +210,80 @@ def test_eval_only_does_not_ask_for_imagenet_file(hub, tmp_path, monkeypatch):
     ])
     mod.main(args)
     torch.testing.assert_close(seen["w"], trained.state_dict()["backbone.res4.0.conv1.weight"])
+
+
+# ------------------------------------------------------------------ hf:// (transformers checkpoints)
+def _hf_folder(path):
+    """A tiny save_pretrained folder (MiT-B0 encoder, random weights)."""
+    from transformers import SegformerModel
+
+    from bcd.modeling.backbone.mit import mit_config
+
+    torch.manual_seed(0)
+    SegformerModel(mit_config("b0")).save_pretrained(path)
+    return str(path)
+
+
+def test_hf_name_resolves_from_the_cache_first(tmp_path, hf_cache):
+    snap = hf_cache("nvidia/mit-b0", _hf_folder(tmp_path / "src"))
+    assert W.resolve_weights("hf://nvidia/mit-b0") == snap
+    assert W.resolve_hf("hf://nvidia/mit-b0", allow_download=True) == snap  # no download when cached
+    # a pinned revision that the cache does not hold is not silently replaced by main
+    with pytest.raises(FileNotFoundError, match="--revision v2"):
+        W.resolve_hf("hf://nvidia/mit-b0@v2")
+    # local folders pass through, malformed ids are refused
+    assert W.resolve_hf(str(tmp_path / "src")) == str(tmp_path / "src")
+    with pytest.raises(ValueError, match="not a Hugging Face repo id"):
+        W.resolve_hf("hf://a/b/c")
+
+
+def test_hf_name_downloads_into_the_cache_when_allowed(tmp_path, hf_cache, monkeypatch):
+    calls = []
+    src = _hf_folder(tmp_path / "src")
+
+    def fake_download(repo_id, revision, cache_dir):
+        calls.append((repo_id, revision, cache_dir))
+        return hf_cache(repo_id, src)
+
+    monkeypatch.setattr(W, "_hf_download", fake_download)
+    monkeypatch.delenv(W.OFFLINE_ENV)
+    snap = W.resolve_weights("hf://nvidia/mit-b1")
+    assert calls == [("nvidia/mit-b1", None, hf_cache.cache)] and os.path.isfile(os.path.join(snap, "config.json"))
+    assert W.resolve_weights("hf://nvidia/mit-b1") == snap and len(calls) == 1  # cached now
+
+    def failing(repo_id, revision, cache_dir):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(W, "_hf_download", failing)
+    with pytest.raises(FileNotFoundError, match=r"downloading it failed \(OSError: network unreachable\)"):
+        W.resolve_weights("hf://nvidia/mit-b2")
+
+
+def test_hf_name_offline_error_names_repo_cache_and_command(hf_cache):
+    with pytest.raises(FileNotFoundError) as e:
+        build_backbone(_mit_cfg("hf://nvidia/mit-b0"))
+    msg = str(e.value)
+    for part in ("MODEL.BACKBONE.WEIGHTS 'hf://nvidia/mit-b0'", "not in the Hugging Face cache",
+                 "BCD_OFFLINE=1", "hf download nvidia/mit-b0", hf_cache.cache):
+        assert part in msg, (part, msg)
+
+
+def test_mit_backbone_loads_an_hf_name(tmp_path, hf_cache):
+    src = _hf_folder(tmp_path / "src")
+    hf_cache("nvidia/mit-b0", src)
+    model = build_backbone(_mit_cfg("hf://nvidia/mit-b0"))
+    from transformers import SegformerModel
+
+    ref = SegformerModel.from_pretrained(src).state_dict()
+    got = model.encoder.state_dict()
+    assert got.keys() == ref.keys()
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+def _mit_cfg(weights: str):
+    from bcd.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_mit_backbone"
+    cfg.MODEL.BACKBONE.WEIGHTS = weights
+    return cfg

@@ -8,7 +8,14 @@ file with torchvision key names into one of our backbones.
   ``torchvision://resnet50.IMAGENET1K_V2``: torchvision's ImageNet file of that model
   (``IMAGENET1K_V1`` by default, the file the segmentation / detection recipes start from);
 * ``timm://<model>[.<tag>]``: the file of timm's ``pretrained_cfg.url`` for that model (timm key
-  names; only for ``build_timm_backbone``).
+  names; only for ``build_timm_backbone``);
+* ``hf://<repo_id>[@<revision>]``, e.g. ``hf://nvidia/mit-b0``: a Hugging Face ``transformers``
+  checkpoint (a folder: ``config.json`` + weights), for the backbones and models built on
+  ``transformers`` (SegFormer, Mask2Former). It resolves to the snapshot folder of the Hugging
+  Face cache (``huggingface_hub.snapshot_download(local_files_only=True)``: ``$HF_HUB_CACHE``,
+  default ``~/.cache/huggingface/hub``), else to a download into that cache when allowed, else a
+  ``FileNotFoundError`` naming the repo id and where to put the files. A local folder holding a
+  ``config.json`` is used as it is.
 
 A name is resolved by :func:`resolve_weights`, in this order (torch.hub's own layout, so a file
 that ``torchvision.models.resnet50(weights="IMAGENET1K_V1")`` cached is found):
@@ -43,10 +50,12 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "HF_SCHEME",
     "OFFLINE_ENV",
     "PretrainedWeightsError",
     "load_torchvision_weights",
     "read_state_dict",
+    "resolve_hf",
     "resolve_weights",
     "weights_url",
     "without_init_weights",
@@ -58,6 +67,11 @@ logger = logging.getLogger(__name__)
 OFFLINE_ENV = "BCD_OFFLINE"
 
 _SCHEMES = ("torchvision://", "timm://")
+#: Hugging Face hub checkpoints (folders), see :func:`resolve_hf`.
+HF_SCHEME = "hf://"
+# the files of a transformers checkpoint that resolve_hf downloads (not READMEs, other formats)
+_HF_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
+                "pytorch_model.bin.index.json"]
 # torch.hub's convention: "<name>-<first hex digits of the sha256>.<ext>"
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 
@@ -179,22 +193,108 @@ def _download(url: str, dst: str) -> None:
     torch.hub.download_url_to_file(url, dst, hash_prefix=m.group(1) if m else None, progress=True)
 
 
+def _hf_cache_dir() -> str:
+    """The Hugging Face hub cache (``huggingface_hub.constants.HF_HUB_CACHE``: ``$HF_HUB_CACHE``,
+    else ``$HF_HOME/hub``, default ``~/.cache/huggingface/hub``), read at call time."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _hf_download(repo_id: str, revision: Optional[str], cache_dir: str) -> str:
+    """Download the checkpoint files of ``repo_id`` into the cache; returns the snapshot folder.
+    The only network access of :func:`resolve_hf`; tests replace it."""
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                             allow_patterns=_HF_PATTERNS)
+
+
+def _split_hf(spec: str) -> Tuple[str, Optional[str]]:
+    """``"hf://org/name@rev"`` -> ``("org/name", "rev")``; checks the repo id's form."""
+    rest = spec[len(HF_SCHEME):]
+    repo_id, _, revision = rest.partition("@")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+|[A-Za-z0-9][\w.-]*", repo_id):
+        raise ValueError(f"'{spec}': not a Hugging Face repo id (expected hf://<org>/<name>[@<revision>])")
+    return repo_id, (revision or None)
+
+
+def resolve_hf(spec: str, allow_download: Optional[bool] = None, key: str = "MODEL.BACKBONE.WEIGHTS") -> str:
+    """The local folder of a ``transformers`` checkpoint named ``hf://<repo_id>[@<revision>]``.
+
+    Order: the snapshot in the Hugging Face cache (``snapshot_download(local_files_only=True)``),
+    then, unless ``BCD_OFFLINE=1`` (or ``allow_download=False``), a download of the checkpoint
+    files (``config.json``, ``*.safetensors`` / ``pytorch_model*.bin``) into that cache.
+
+    Args:
+        spec: ``hf://...``, or a local folder (returned unchanged).
+        allow_download: None = unless ``$BCD_OFFLINE`` is set; False never downloads.
+        key: the config key named in errors.
+
+    Returns:
+        A folder that holds ``config.json``.
+
+    Raises:
+        FileNotFoundError: not cached and not downloadable; names the repo id, the cache folder and
+            the command that fills it.
+        ValueError: a malformed repo id.
+    """
+    if not spec.startswith(HF_SCHEME):
+        return spec
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo_id, revision = _split_hf(spec)
+    cache_dir = _hf_cache_dir()
+    try:
+        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True)
+        if os.path.isfile(os.path.join(folder, "config.json")):
+            return folder
+        why = f"the cached snapshot {folder} has no config.json"
+    except LocalEntryNotFoundError:
+        why = "it is not in the Hugging Face cache"
+    if allow_download is None:
+        allow_download = not _offline()
+    if not allow_download:
+        why += f" and downloads are disabled ({OFFLINE_ENV}=1)"
+    else:
+        logger.info("%s: downloading %s into %s", spec, repo_id, cache_dir)
+        try:
+            folder = _hf_download(repo_id, revision, cache_dir)
+        except Exception as e:  # no network, unknown repo, gated repo: all end in the error below
+            why += f" and downloading it failed ({type(e).__name__}: {e})"
+        else:
+            if os.path.isfile(os.path.join(folder, "config.json")):
+                return folder
+            why += f" and the downloaded snapshot {folder} has no config.json"
+    raise FileNotFoundError(
+        f"{key} '{spec}': {why}. Fetch it on a machine with internet access "
+        f"(`hf download {repo_id}`{f' --revision {revision}' if revision else ''}, or "
+        f"huggingface_hub.snapshot_download('{repo_id}')) into the Hugging Face cache {cache_dir} "
+        f"($HF_HUB_CACHE / $HF_HOME move it), or give the local folder holding its config.json "
+        f"and weights (save_pretrained's output) instead of the name."
+    )
+
+
 def resolve_weights(spec: str, allow_download: Optional[bool] = None) -> str:
     """The local file of ``MODEL.BACKBONE.WEIGHTS`` (see the module doc for the order).
 
     Args:
-        spec: a path (returned unchanged, even when missing: the loader names it), or a
-            ``torchvision://`` / ``timm://`` name.
+        spec: a path (returned unchanged, even when missing: the loader names it), a
+            ``torchvision://`` / ``timm://`` name, or an ``hf://`` name (:func:`resolve_hf`).
         allow_download: None = unless ``$BCD_OFFLINE`` is set; False never downloads.
 
     Returns:
-        The path of an existing file whose hash matches its torchvision name.
+        The path of an existing file whose hash matches its torchvision name (``hf://``: the
+        checkpoint's folder).
 
     Raises:
         FileNotFoundError: the name could not be resolved; names the URL and the cache path.
         PretrainedWeightsError: the resolved file's SHA-256 does not match its name.
         ValueError: an unknown model or scheme.
     """
+    if spec.startswith(HF_SCHEME):
+        return resolve_hf(spec, allow_download)
     if not spec.startswith(_SCHEMES):
         return spec
     url = weights_url(spec)
@@ -258,7 +358,14 @@ def read_state_dict(path: str) -> Dict[str, Tensor]:
         FileNotFoundError: naming the file and how to obtain it.
         PretrainedWeightsError: when the file holds no tensor dict.
     """
-    path = resolve_weights(path)
+    spec, path = path, resolve_weights(path)
+    if os.path.isdir(path):
+        raise PretrainedWeightsError(
+            f"MODEL.BACKBONE.WEIGHTS '{spec}' is a folder ({path}): a transformers checkpoint "
+            f"(hf:// names, save_pretrained folders) fits only the backbones built on transformers "
+            f"(build_mit_backbone, the Mask2Former meta-architecture); this backbone loads "
+            f"torchvision-style files"
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.BACKBONE.WEIGHTS: file '{path}' does not exist. {_WHERE}")
     try:
