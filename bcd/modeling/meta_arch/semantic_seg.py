@@ -49,13 +49,7 @@ class SemanticSegmentor(nn.Module):
 
     def __init__(self, cfg) -> None:
         super().__init__()
-        self.backbone = build_backbone(cfg)
-        shapes = self.backbone.output_shape()
-        head_cls = lookup(SEM_SEG_HEAD_REGISTRY, cfg.MODEL.SEM_SEG_HEAD.NAME, "MODEL.SEM_SEG_HEAD.NAME")
-        self.sem_seg_head = head_cls(cfg, shapes)
-        self.aux_head: Optional[FCNAuxHead] = (
-            FCNAuxHead(cfg, shapes) if cfg.MODEL.AUX_HEAD.ENABLED else None
-        )
+        self.build_networks(cfg)
         self.num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         self.ignore_value = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
         self.loss_weight = cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT
@@ -78,6 +72,18 @@ class SemanticSegmentor(nn.Module):
         )
         self.register_buffer(
             "pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD, dtype=torch.float32).view(-1, 1, 1), False
+        )
+
+    def build_networks(self, cfg) -> None:
+        """Set ``backbone``, ``sem_seg_head`` and ``aux_head`` (None when disabled) from the
+        registries. A meta-architecture with other networks and this one's preprocessing,
+        inference and output contract overrides this (``Mask2FormerSegmentor``)."""
+        self.backbone = build_backbone(cfg)
+        shapes = self.backbone.output_shape()
+        head_cls = lookup(SEM_SEG_HEAD_REGISTRY, cfg.MODEL.SEM_SEG_HEAD.NAME, "MODEL.SEM_SEG_HEAD.NAME")
+        self.sem_seg_head = head_cls(cfg, shapes)
+        self.aux_head: Optional[FCNAuxHead] = (
+            FCNAuxHead(cfg, shapes) if cfg.MODEL.AUX_HEAD.ENABLED else None
         )
 
     @property
