@@ -56,7 +56,7 @@ def default_size(cfg) -> List[int]:
     """The input size the config trains / tests at: the crop for semantic segmentation, the
     shorter × longer test side for detectors (Detectron2's analyze_model uses real images; a
     fixed size makes numbers comparable across models)."""
-    if cfg.MODEL.META_ARCHITECTURE in ("SemanticSegmentor", "ObjectSegmentor") and cfg.INPUT.CROP.SIZE:
+    if cfg.MODEL.META_ARCHITECTURE in ("SemanticSegmentor", "Mask2FormerSegmentor", "ObjectSegmentor") and cfg.INPUT.CROP.SIZE:
         return [int(v) for v in cfg.INPUT.CROP.SIZE]
     return [int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST)]
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "EXTRA_FLOP_HANDLES",
     "ExtractWrapper",
     "ModelAnalysis",
     "analyze_model",
@@ -29,6 +30,7 @@ __all__ = [
     "flatten_tensors",
     "format_analysis",
     "measure_latency",
+    "sdpa_flop_jit",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,25 @@ class ExtractWrapper(nn.Module):
 def _device(model: nn.Module) -> torch.device:
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> float:
+    """fvcore handle of ``aten::scaled_dot_product_attention`` (the attention of the transformer
+    models, e.g. SegFormer's MiT; fvcore has none): the multiply-adds of its two matrix products,
+    ``Q·Kᵀ`` and ``softmax(·)·V``, i.e. ``B·H·L·S·(E + E_v)`` for ``Q: B×H×L×E``, ``K: B×H×S×E``,
+    ``V: B×H×S×E_v`` (leading dims flattened into ``B·H``), as the matrix products of an explicit
+    attention are counted; the softmax, like every elementwise op, is not."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    lead = 1
+    for d in q[:-2]:
+        lead *= d
+    return float(lead * q[-2] * k[-2] * (q[-1] + v[-1]))
+
+
+#: fvcore handles bcd adds to its defaults (analyze_model)
+EXTRA_FLOP_HANDLES = {"aten::scaled_dot_product_attention": sdpa_flop_jit}
 
 
 def _probe(model: nn.Module, size: Tuple[int, int], batch_size: int = 1) -> Tensor:
@@ -146,7 +167,7 @@ def analyze_model(model: nn.Module, size: Tuple[int, int], activations: bool = T
     try:
         wrapper = ExtractWrapper(model)
         inputs = (_probe(model, size),)
-        fca = FlopCountAnalysis(wrapper, inputs)
+        fca = FlopCountAnalysis(wrapper, inputs).set_op_handle(**EXTRA_FLOP_HANDLES)
         fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         flops_by = fca.by_module()
         aca = None
