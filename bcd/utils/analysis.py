@@ -25,6 +25,7 @@ __all__ = [
     "ExtractWrapper",
     "ModelAnalysis",
     "analyze_model",
+    "baddbmm_flop_jit",
     "count_flops",
     "count_params",
     "flatten_tensors",
@@ -96,8 +97,21 @@ def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> float:
     return float(lead * q[-2] * k[-2] * (q[-1] + v[-1]))
 
 
+def baddbmm_flop_jit(inputs: List[Any], outputs: List[Any]) -> float:
+    """fvcore handle of ``aten::baddbmm`` (``input + batch1 @ batch2``, e.g. the masked attention
+    of ``nn.MultiheadAttention`` with a mask, Mask2Former's decoder): the multiply-adds of the
+    batched product, ``B·n·m·p`` for ``batch1: B×n×m``, ``batch2: B×m×p`` (fvcore's ``bmm``
+    formula); the addition is elementwise and not counted."""
+    from fvcore.nn.jit_handles import bmm_flop_jit
+
+    return float(bmm_flop_jit(inputs[1:3], outputs))
+
+
 #: fvcore handles bcd adds to its defaults (analyze_model)
-EXTRA_FLOP_HANDLES = {"aten::scaled_dot_product_attention": sdpa_flop_jit}
+EXTRA_FLOP_HANDLES = {
+    "aten::scaled_dot_product_attention": sdpa_flop_jit,
+    "aten::baddbmm": baddbmm_flop_jit,
+}
 
 
 def _probe(model: nn.Module, size: Tuple[int, int], batch_size: int = 1) -> Tensor:

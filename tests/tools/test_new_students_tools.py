@@ -82,6 +82,19 @@ def test_sdpa_is_counted_as_explicit_attention():
     assert explicit == fused == 2 * 3 * 10 * 7 * (8 + 5)
 
 
+def test_baddbmm_is_counted_as_its_batched_product():
+    from fvcore.nn import FlopCountAnalysis
+
+    from bcd.utils.analysis import EXTRA_FLOP_HANDLES
+
+    class Bad(nn.Module):
+        def forward(self, c, a, b):
+            return torch.baddbmm(c, a, b)
+
+    c, a, b = torch.randn(4, 6, 5), torch.randn(4, 6, 3), torch.randn(4, 3, 5)
+    assert FlopCountAnalysis(Bad(), (c, a, b)).set_op_handle(**EXTRA_FLOP_HANDLES).total() == 4 * 6 * 3 * 5
+
+
 def test_analyze_model_counts_segformer_b0_like_the_paper(tmp_path):
     # SegFormer-B0 with ADE20K's 150 classes at 512 x 512: the paper's 3.8 M and 8.4 G
     rep = analyze_tool.main(["--config-file", os.path.join(REPO, "configs", "ade20k", "segformer_b0.yaml"),
