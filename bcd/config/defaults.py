@@ -442,7 +442,7 @@ _C.KD.PIXEL_KD.RESIZE = "logits"
 # ---------------------------------------------------------------------------------------------
 # Issue 24: SegFormer (MiT + all-MLP decoder), ESPNet, and Mask2Former as a teacher
 # (bcd/modeling/backbone/{mit,espnet}.py, heads/{segformer,espnet}.py, meta_arch/mask2former.py;
-# docs/internals.md "Models built on transformers"). Weights of the transformers-based models are
+# docs/internals.md "Models"). Weights of the transformers-based models are
 # transformers checkpoints: hf://<repo_id> names or save_pretrained folders.
 # ---------------------------------------------------------------------------------------------
 # SegFormer's Mix Transformer encoder ("build_mit_backbone"): MiT-B0 .. B5, on transformers'
@@ -490,10 +490,11 @@ _C.MODEL.MASK2FORMER.NO_OBJECT_WEIGHT = 0.1
 _C.MODEL.MASK2FORMER.TRAIN_NUM_POINTS = 12544
 _C.MODEL.MASK2FORMER.OVERSAMPLE_RATIO = 3.0
 _C.MODEL.MASK2FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
-# What the teacher publishes for distillation (docs/methods.md, "Teachers built on transformers"):
-# FEATURES: backbone.res2..res5 are the pixel decoder's maps ("pixel_decoder": the mask features at
-# 1/4 and the multi-scale maps at 1/8, 1/16, 1/32, as the issue asks) or the backbone's stages
-# ("backbone": shared/design's recommendation for BCD's HFA).
+# What the teacher publishes for distillation (docs/methods.md §2.11):
+# FEATURES: backbone.res2..res5 are the pixel decoder's maps ("pixel_decoder", default: the mask
+# features at 1/4 and the multi-scale maps at 1/8, 1/16, 1/32) or the backbone's stages
+# ("backbone": the stages before the pixel decoder, the other reading of "the backbone's
+# hierarchical features").
 _C.MODEL.MASK2FORMER.FEATURES = "pixel_decoder"
 # LOGITS: what "logits" / sem_seg_head.predictor carry, from the semantic scores
 # s = softmax(class)[:-1] x sigmoid(mask) summed over queries: "log_scores" (log s, so that a KD

@@ -89,7 +89,7 @@ def test_students_train_from_the_mask2former_teacher(config, kd_keys, teacher_ch
 NEW_KD_CONFIGS = sorted(
     p for ds in ("voc", "cityscapes", "ade20k", "coco_stuff_10k")
     for pat in ("bcd_*segformer*.yaml", "bcd_*espnet*.yaml", "bcd_*mask2former*.yaml", "bcd_kd_*.yaml",
-                "bcd_deeplabv3plus_mobilenetv2.yaml")
+                "bcd_deeplabv3plus_*.yaml")
     for p in glob.glob(os.path.join(ROOT, "configs", ds, pat))
 )
 
@@ -107,7 +107,8 @@ def test_every_table_ii_row_has_its_configs():
     for student in ("segformer_b0", "espnet", "deeplabv3plus_mobilenetv2"):
         assert f"configs/ade20k/bcd_mask2former_{student}.yaml" in names
         assert f"configs/ade20k/bcd_kd_mask2former_{student}.yaml" in names
-    assert {"configs/ade20k/bcd_espnet.yaml", "configs/coco_stuff_10k/bcd_deeplabv3plus_mobilenetv2.yaml"} <= names
+    assert {"configs/ade20k/bcd_espnet.yaml", "configs/coco_stuff_10k/bcd_deeplabv3plus_mobilenetv2.yaml",
+            "configs/coco_stuff_10k/bcd_deeplabv3plus_r18.yaml"} <= names
     for teacher in ("configs/coco_stuff_10k/deeplabv3plus_r101.yaml", "configs/ade20k/mask2former_r50.yaml",
                     "configs/ade20k/mask2former_swin_t.yaml"):
         assert os.path.isfile(os.path.join(ROOT, teacher))
