@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
-from .backbone.weights import HF_SCHEME, PretrainedWeightsError, resolve_hf
+from .backbone.weights import HF_SCHEME, PretrainedWeightsError, _listing, resolve_hf
 
 __all__ = [
     "HF_CHECKPOINT_CONVERTERS",
@@ -41,9 +41,6 @@ logger = logging.getLogger(__name__)
 #: errors.
 HF_CHECKPOINT_CONVERTERS: Dict[str, Callable[[str, nn.Module, str], Dict[str, Tensor]]] = {}
 
-_MAX_LISTED = 8
-
-
 def is_hf_checkpoint(path: str) -> bool:
     """True for an ``hf://`` name or a folder holding a ``config.json``."""
     return bool(path) and (path.startswith(HF_SCHEME) or os.path.isfile(os.path.join(path, "config.json")))
@@ -57,12 +54,6 @@ def hf_checkpoint_config(folder: str) -> dict:
             return json.load(f)
     except (OSError, ValueError) as e:
         raise PretrainedWeightsError(f"Cannot read the transformers config {path}: {e}") from e
-
-
-def _listing(keys: Iterable[str]) -> str:
-    keys = list(keys)
-    more = f" ... (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
-    return ", ".join(keys[:_MAX_LISTED]) + more
 
 
 def load_hf_pretrained(cls, path: str, key: str, allow_missing: Tuple[str, ...] = (), **kwargs) -> nn.Module:

@@ -123,6 +123,18 @@ def test_wrong_checkpoints_are_clear_errors(tmp_path):
     _random_segformer(num_labels=9).save_pretrained(other)
     with pytest.raises(ValueError, match=r"(?s)do not fit.*sem_seg_head\.decode_head\.classifier"):
         Checkpointer(build_model(_cfg())).load(str(other), checkpointables=[])
+    # a checkpoint that lacks a weight: transformers would initialise it at random; an error here
+    from safetensors.torch import load_file, save_file
+
+    holed = tmp_path / "holed"
+    _random_segformer().save_pretrained(holed)
+    tensors = load_file(holed / "model.safetensors")
+    dropped = [k for k in tensors if "linear_fuse" in k]
+    assert dropped
+    save_file({k: v for k, v in tensors.items() if k not in dropped}, holed / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(PretrainedWeightsError, match="not in the checkpoint: decode_head.linear_fuse.weight"):
+        Checkpointer(build_model(_cfg())).load(str(holed), checkpointables=[])
     # an ImageNet encoder checkpoint is not a whole model: it names MODEL.BACKBONE.WEIGHTS
     enc = tmp_path / "mit"
     SegformerForImageClassification(mit_config("b0", num_labels=10)).save_pretrained(enc)
