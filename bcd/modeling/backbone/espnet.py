@@ -25,7 +25,7 @@ decoder, 20 Cityscapes classes) has 0.364 M parameters (§4, Table / abstract).
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict
 
 import torch
 from torch import Tensor, nn

@@ -125,6 +125,7 @@ class MiTBackbone(Backbone):
         from ...utils.state_dict import state_dict_mismatch
 
         pretrained = load_hf_pretrained(SegformerModel, path, "MODEL.BACKBONE.WEIGHTS")
+
         def norm(v):
             return list(v) if isinstance(v, (list, tuple)) else v
 
