@@ -22,16 +22,17 @@ INSTALL_REQUIRES = [
     "tqdm",
     "pysodmetrics>=1.4",  # SOD / COD metrics (object_seg evaluator); pins opencv-python-headless<5
     "pyyaml>=6",
-    "scipy>=1.10",  # Student-t quantiles of the evidence tools (bcd/utils/stats.py)
+    # Student-t quantiles of the evidence tools (bcd/utils/stats.py); Mask2Former's Hungarian
+    # matching (transformers' Mask2FormerLoss)
+    "scipy>=1.10",
     # tools/export.py (ONNX export, checked with onnxruntime) and tools/visualize.py (pictures)
     "onnx>=1.16",
     "onnxruntime>=1.18",
     "matplotlib>=3.7",
     # SegFormer (MiT encoder, decode head) and Mask2Former on transformers' model code;
-    # hf://<repo_id> weights through huggingface_hub's cache; scipy: Mask2Former's Hungarian matching
+    # hf://<repo_id> weights through huggingface_hub's cache
     "transformers>=5.0,<6",
     "huggingface_hub>=1.0",
-    "scipy>=1.10",
 ]
 
 setup(
