@@ -18,8 +18,9 @@ The design (``docs/evidence.md``). For replicate ``r = 0..R-1``:
    plain student (``--plain``) and each ``--arm NAME=CONFIG [KEY VALUE ...]`` -- into
    ``OUT/rep<r>/<arm>_seed<s>``: the arms of one seed share the initialisation (the warm start's
    weights, or the config's own seeded initialisation), the data order and the augmentation draws,
-   and differ only in their loss. KD arms (``KD.LOSSES`` not empty) get the replicate's teacher as
-   ``KD.TEACHER.WEIGHTS``.
+   and differ only in their loss. KD arms (``KD.LOSSES`` not empty) get the replicate's teacher:
+   ``KD.TEACHER.CONFIG_FILE`` (the ``--teacher`` config, with the ``MODEL.*`` keys of
+   ``--teacher-opts`` as ``KD.TEACHER.OPTS``) and ``KD.TEACHER.WEIGHTS``.
 
 Every run is one ``tools/train_net.py`` process (``--jobs`` at a time, one thread each when more
 than one), evaluated at its end. The unit of evidence is the replicate: for arms A and B,
@@ -158,6 +159,13 @@ def seeds_of(spec: Spec, r: int) -> List[int]:
     return [spec.base_seed + SEED_STRIDE * r + k for k in range(spec.seeds)]
 
 
+def teacher_model_opts(opts: Sequence[str]) -> List[str]:
+    """The ``MODEL.*`` pairs of the teacher's overrides: what the KD arms must build the same
+    teacher with (``KD.TEACHER.OPTS``); schedule keys only concern the teacher's own training."""
+    pairs = list(zip(opts[0::2], opts[1::2]))
+    return [x for k, v in pairs if k.startswith("MODEL.") for x in (k, v)]
+
+
 def plan(spec: Spec) -> List[Job]:
     """Every run of ``spec`` in dependency order (teacher, warm start, then the arms of each
     replicate). Raises ``ValueError`` for an impossible design."""
@@ -207,8 +215,12 @@ def plan(spec: Spec) -> List[Job]:
                     if t_name:
                         deps.append(t_name)
                         t_dir = os.path.join(out, t_name)
-                        opts += ["KD.TEACHER.WEIGHTS", os.path.join(t_dir, "model_final.pth"),
+                        opts += ["KD.TEACHER.CONFIG_FILE", spec.teacher,
+                                 "KD.TEACHER.WEIGHTS", os.path.join(t_dir, "model_final.pth"),
                                  "KD.TEACHER_OUTPUT_DIR", t_dir]
+                        model_opts = teacher_model_opts(spec.teacher_opts)
+                        if model_opts:
+                            opts += ["KD.TEACHER.OPTS", repr(model_opts)]
                 jobs.append(Job(f"rep{r}/{arm.name}_seed{seed}", "arm", r, arm.config,
                                 os.path.join(rep, f"{arm.name}_seed{seed}"), opts, seed, deps, arm.name))
     return jobs

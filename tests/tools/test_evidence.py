@@ -66,8 +66,17 @@ def test_plan_retrains_teacher_and_warm_start_per_replicate(tmp_path):
             assert kd.deps == [f"rep{r}/warm_start", f"rep{r}/teacher"]
             o = dict(zip(kd.opts[0::2], kd.opts[1::2]))
             assert o["KD.TEACHER.WEIGHTS"] == os.path.join(out, f"rep{r}", "teacher", "model_final.pth")
+            assert o["KD.TEACHER.CONFIG_FILE"] == demo.TEACHER and "KD.TEACHER.OPTS" not in o
             assert o["KD.BASELINE_OUTPUT_DIR"] == plain.out_dir and o["KD.PIXEL_KD.WEIGHT"] == "2.0"
             assert "KD.TEACHER.WEIGHTS" not in plain.opts
+
+
+def test_teacher_model_overrides_reach_the_kd_arms(tmp_path):
+    spec = _spec(tmp_path, replicates=1, seeds=1,
+                 teacher_opts=["SOLVER.MAX_ITER", "10", "MODEL.RESNETS.WIDTH_MULTIPLIER", "0.25"])
+    kd = next(j for j in evidence.plan(spec) if j.arm == "kd")
+    o = dict(zip(kd.opts[0::2], kd.opts[1::2]))
+    assert o["KD.TEACHER.OPTS"] == "['MODEL.RESNETS.WIDTH_MULTIPLIER', '0.25']"
 
 
 def test_plan_with_fewer_teachers_shares_them(tmp_path):
