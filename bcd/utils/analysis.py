@@ -23,12 +23,14 @@ from torch import Tensor, nn
 __all__ = [
     "ExtractWrapper",
     "ModelAnalysis",
+    "PeakMemory",
     "analyze_model",
     "count_flops",
     "count_params",
     "flatten_tensors",
     "format_analysis",
     "measure_latency",
+    "synchronize",
 ]
 
 logger = logging.getLogger(__name__)
@@ -204,9 +206,56 @@ def format_analysis(a: ModelAnalysis, max_depth: int = 2) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: Any) -> None:
+    """Wait for the kernels queued on ``device`` (a ``torch.device`` or its name): CUDA runs
+    them asynchronously, so a clock read without this measures the launch, not the work. A
+    no-op on the CPU."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak memory of a ``with`` block above the memory when it starts (bytes, ``.peak``).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. CPU: the
+    resident-set high-water mark (``VmHWM``), reset through ``/proc/self/clear_refs`` (Linux ≥ 4.0);
+    where that is not writable, the mark is never reset (then only the first block of a process
+    is exact).
+    """
+
+    def __init__(self, device: Any) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.peak = 0
+
+    @staticmethod
+    def _status_kib(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        raise KeyError(key)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+            self.base = self._status_kib("VmRSS") * 1024
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.peak = max(0, self._status_kib("VmHWM") * 1024 - self.base)
 
 
 @torch.no_grad()
@@ -247,12 +296,12 @@ def measure_latency(
     try:
         for _ in range(warmup):
             run()
-        _sync(device)
+        synchronize(device)
         times = []
         for _ in range(iters):
             t0 = time.perf_counter()
             run()
-            _sync(device)
+            synchronize(device)
             times.append((time.perf_counter() - t0) * 1000.0)
     finally:
         model.train(was)
