@@ -16,8 +16,9 @@ RetinaNet-R101 → R50, GFL-R101 → R50 (and Cascade Mask R-CNN when ``configs/
 
 **One timing method.** Each (pair, loss set) runs in a fresh process (on CPU: a clean memory
 peak) that builds the ``Distiller`` once and times, interleaved in the same loop, ``--iters``
-times each: the distillation step (``Distiller`` forward, the sum of the loss entries the
-trainer sums, i.e. keys starting with ``loss``, backward, SGD step at lr 0), a plain step of its student
+times each: the distillation step as the trainer does it (``Distiller`` forward, one backward of
+the loss entries the trainer sums, i.e. keys starting with ``loss``, plus the objectives of the
+model's extra optimizers, e.g. APD's teacher adapter; SGD step at lr 0, extra optimizers at lr 0), a plain step of its student
 (same inputs, same summation, backward, step) and a forward of its teacher (``extract`` under
 ``no_grad``), after ``--warmup`` untimed rounds. Reported: the median of each and the spread
 (min–max) over the steps.

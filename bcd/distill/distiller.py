@@ -13,7 +13,8 @@ Built by ``build_model(cfg)`` when ``cfg.KD.LOSSES`` is not empty:
   parameters have ``requires_grad=False`` and it runs under ``torch.no_grad()``.
 * ``kd_modules``: ``nn.ModuleDict`` of the losses (with their connectors / heads) plus
   ``kd_modules.shared`` (modules used by several losses). ``lr_multipliers`` =
-  ``{"kd_modules": KD.LR_MULTIPLIER}``.
+  ``{"kd_modules": KD.LR_MULTIPLIER}``. ``extra_optimizers()``: the optimizers the losses
+  declare for some of their parameters (APD's teacher adapter), built by the trainer.
 * Buffers ``kd_iteration`` (the iteration the schedules read: the trainer's, taken from the open
   ``EventStorage`` at each training forward, saved for ``--resume``) and the temperature
   controllers inside the losses.
@@ -237,6 +238,12 @@ class Distiller(nn.Module):
     def deploy_model(self) -> nn.Module:
         """The student alone (``model_final.pth`` and export)."""
         return self.student
+
+    def extra_optimizers(self) -> Dict[str, Any]:
+        """``{"<loss NAME>.<name>": bcd.solver.OptimizerSpec}``: the optimizers the losses declare
+        for some of their parameters (APD's ``"apd.teacher_adapter"``); the trainer builds them."""
+        return {f"{name}.{k}": spec for name, loss in self.kd_losses.items()
+                for k, spec in loss.extra_optimizers().items()}
 
     @property
     def kd_losses(self) -> Dict[str, DistillLoss]:

@@ -82,11 +82,15 @@ def test_detection_loss_matches_the_terms_per_level_and_trains_tr_t_only():
             assert (lab == 3).any()  # background is a class of its own
             t = apd_terms(m.student_adapter(xs[k]), m.teacher_adapter(xt[k]), lab, None, 4, 10.0, -1)
             exp_ap.append(t["ap"]); exp_pa.append(t["pa"])
-    before = [p.detach().clone() for p in m.teacher_adapter.parameters()]
     out = m(xs, xt, _ctx(batch))
     assert out["loss_kd_apd_det"].item() == pytest.approx(10 * torch.stack(exp_ap).mean().item(), rel=1e-5)
     assert out["loss_kd_apd_det_pa"].item() == pytest.approx(10 * torch.stack(exp_pa).mean().item(), rel=1e-5)
-    assert any(not torch.equal(a, b) for a, b in zip(before, m.teacher_adapter.parameters()))
+    # apd_soft (the objective of Tr_T's optimizer) reaches Tr_T only
+    assert list(m.extra_optimizers()) == ["teacher_adapter"]
+    tr_t = list(m.teacher_adapter.parameters())
+    grads = torch.autograd.grad(out["apd_soft"], list(xs.values()) + tr_t, allow_unused=True, retain_graph=True)
+    assert all(g is None for g in grads[:len(xs)])
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[len(xs):])
     (out["loss_kd_apd_det"] + out["loss_kd_apd_det_pa"]).backward()
     assert all(p.grad is None for p in m.teacher_adapter.parameters())
     assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in xs.values())
@@ -167,4 +171,14 @@ def test_detector_distiller_step(tmp_path, student_cfg, teacher_cfg):
     sum(v for k, v in losses.items() if k.startswith("loss")).backward()
     assert all(p.grad is None for p in apd.teacher_adapter.parameters())
     assert all(p.grad is not None for p in apd.student_adapter.parameters())
+    # one trainer step: the Distiller publishes the adapter's optimizer, the trainer steps it
+    from bcd.engine.train_loop import SimpleTrainer
+    from bcd.solver import build_extra_optimizers, build_optimizer
+    from bcd.utils.events import EventStorage
+
+    extra = build_extra_optimizers(cfg, m)
+    assert list(extra) == ["apd_det.teacher_adapter"]
+    trainer = SimpleTrainer(m, iter([inputs]), build_optimizer(cfg, m), extra_optimizers=extra)
+    with EventStorage(0):
+        trainer.run_step()
     assert any(not torch.equal(a, b) for a, b in zip(before, apd.teacher_adapter.parameters()))

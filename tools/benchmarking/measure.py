@@ -58,6 +58,8 @@ def measure_pair(pair: str, loss_set: str, batch: int, warmup: int, iters: int, 
     ``threads=1``). Both are recorded; ``clock`` decides the reported medians and ratio.
     """
     from bcd.distill import build_model
+    from bcd.engine.train_loop import extra_objectives
+    from bcd.solver import build_extra_optimizers
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -77,19 +79,32 @@ def measure_pair(pair: str, loss_set: str, batch: int, warmup: int, iters: int, 
         inputs = seg_inputs(size, batch, classes)
     else:
         inputs = det_inputs(size, batch, classes, masks=bool(cfg.MODEL.MASK_ON))
-    params = [p for p in model.parameters() if p.requires_grad]
+    # The trainer's optimizers: the model's extra ones (APD's teacher adapter, on its own
+    # objective) and SGD over the other trainable parameters.
+    extra = build_extra_optimizers(cfg, model)
+    own = {id(p) for e in extra.values() for g in e.optimizer.param_groups for p in g["params"]}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in own]
     # lr 0: the step's arithmetic is done (momentum buffers, parameter update) but the weights stay
     # the first round's, so every round repeats one computation. With lr > 0, random weights can
     # make a loss diverge within a step or two (FGD on Cascade Mask R-CNN went NaN at the second
     # step at lr 1e-4), which changes data-dependent work such as the number of RoIs.
     opt = torch.optim.SGD(params, lr=SGD_LR, momentum=0.9)
+    for e in extra.values():
+        for g in e.optimizer.param_groups:
+            g["lr"] = SGD_LR
     student, teacher = model.student, model.teacher
 
     def kd_step() -> None:
-        loss = total_loss(model(inputs))
+        # the trainer's step (bcd/engine/train_loop.py): one backward of the main and extra objectives
+        out = model(inputs)
+        loss = sum(extra_objectives(out, extra).values(), total_loss(out))
         opt.zero_grad(set_to_none=True)
+        for e in extra.values():
+            e.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        for e in extra.values():
+            e.optimizer.step()
 
     def student_step() -> None:
         loss = total_loss(student(inputs))
