@@ -6,9 +6,9 @@
 docs/internals.md). The loss classes in ``bcd/distill/losses/`` read these nodes through
 ``DistillLoss.config_node(cfg)`` (``cfg.KD[<CONFIG_KEY>]``).
 
-A new loss adds its function here (or its keys to ``defaults.py``, after the call to
-:func:`add_kd_loss_configs`) and one line in :func:`add_kd_loss_configs`. The math behind the
-defaults is in docs/methods.md.
+Every ``KD.<LOSS>`` key is declared here and nowhere else: a new loss adds its function here and
+one line in :func:`add_kd_loss_configs` (a Detectron2 project adds every node to its own
+``CfgNode`` with that function). The math behind the defaults is in docs/methods.md.
 """
 from __future__ import annotations
 
@@ -145,7 +145,40 @@ def add_pixel_kd_config(cfg: CN) -> None:
     """``KD.PIXEL_KD``: per-pixel logit KD (CIRKD defaults τ = 1, λ = 1)."""
     node = add_common_loss_config(CN(), 1.0, ["sem_seg_head.predictor"], ["sem_seg_head.predictor"])
     node.TEMPERATURE = 1.0
+    # The APD recipe's switches (bcd/distill/losses/pixel_kd.py): REDUCTION "tokens" (mean over
+    # pixels, CIRKD) or "elementwise" (KLDivLoss() mean over B·K·H·W, APD); RESIZE "logits"
+    # (coarser map to the finer) or "input" (both to the label size, align_corners, APD).
+    node.REDUCTION = "tokens"
+    node.RESIZE = "logits"
     cfg.KD.PIXEL_KD = node
+
+
+def add_apd_config(cfg: CN) -> None:
+    """``KD.APD``: adaptive perspective distillation (bcd/distill/losses/apd.py; exact to the
+    authors' code dvlab-research/APD tool/train.py). Losses "APD" (segmentation) and
+    "APDDetection" (extension: FPN levels of a detector, ``KD.APD.DET``)."""
+    # WEIGHT: the scheduled scale of both entries (AP_WEIGHT / PA_WEIGHT carry the recipe); the
+    # decoder feature (code: x_ppm, 512 ch, 1/8); MASK False: L_ap over every cell, ignore and
+    # padding included, as the code (True: valid cells only).
+    node = add_common_loss_config(CN(), 1.0, ["sem_seg_head.feature"], ["sem_seg_head.feature"], mask=False)
+    node.AP_WEIGHT = 10.0  # L_ap, code pred_kmeans_weight
+    node.PA_WEIGHT = 10.0  # L_pa, code proto_align_weight
+    node.KAPPA = 10.0  # cosine-logit scale, code kmeans_temp
+    node.NORMALIZE = True  # L2-normalise features and prototypes, code kmeans_norm
+    node.ADAPT_DIM = 512  # hidden width of Tr_S / Tr_T, code kmeans_adapt_dim (0 = teacher width)
+    node.STUDENT_ADAPTER = True  # Tr_S, code stu_trans (trained with the student)
+    node.TEACHER_ADAPTER = True  # Tr_T, code tea_trans (trained only by L_soft)
+    # Tr_T's own Adam (code teacher_lr, betas [0.9, 0.99], no weight decay); its lr stays constant
+    node.TEACHER_ADAPTER_LR = 1e-5
+    node.TEACHER_ADAPTER_BETAS = [0.9, 0.99]
+    # Where the class prototypes are pooled: "gpu_batch" (code: every image of the per-process
+    # batch) or "per_image" (abstract's wording: one perspective per image, terms averaged)
+    node.SCOPE = "gpu_batch"
+    # Detectors [R]: GT boxes assigned to FPN levels by Lin et al.'s rule k = floor(k0 + log2(s/224))
+    node.DET = CN()
+    node.DET.CANONICAL_BOX_SIZE = 224.0
+    node.DET.CANONICAL_LEVEL = 4
+    cfg.KD.APD = node
 
 
 def add_cwd_config(cfg: CN) -> None:
@@ -227,6 +260,7 @@ def add_kd_loss_configs(cfg: CN) -> None:
     add_boundary_config(cfg)
     add_context_config(cfg)
     add_pixel_kd_config(cfg)
+    add_apd_config(cfg)
     add_cwd_config(cfg)
     add_fitnet_config(cfg)
     add_structured_kd_config(cfg)
