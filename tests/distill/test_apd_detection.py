@@ -96,6 +96,25 @@ def test_detection_loss_matches_the_terms_per_level_and_trains_tr_t_only():
     assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in xs.values())
 
 
+@pytest.mark.parametrize("config,expected", [
+    ("configs/coco/mask_rcnn_r50.yaml", 80), ("configs/coco/cascade_mask_rcnn_r50.yaml", 80),
+    ("configs/coco/retinanet_r50.yaml", 80), ("configs/coco/gfl_r50.yaml", 80),
+    ("configs/demo/det_retinanet_student.yaml", 3),
+])
+def test_detector_class_count_comes_from_the_meta_architecture(config, expected):
+    # one owner: the meta-architecture's CLASS_COUNT, also read by the start-of-run checks
+    import os
+
+    from bcd.distill.losses.apd import _detector_num_classes
+    from bcd.modeling.meta_arch import class_count_key
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(root, config))
+    assert _detector_num_classes(cfg) == expected
+    assert class_count_key(cfg.MODEL.META_ARCHITECTURE).num_classes(cfg) == expected
+
+
 def test_detection_loss_rejects_a_segmentor_config():
     cfg = _cfg()
     cfg.MODEL.META_ARCHITECTURE = "SemanticSegmentor"

@@ -70,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bcd.modeling.meta_arch.build import class_count_key
 from bcd.solver.build import OptimizerSpec
 
 from .base import DistillLoss, KDContext, as_tensor_feature
@@ -404,18 +405,16 @@ def detection_level_labels(
     return out
 
 
-# The config key of a detector's class count, per meta-architecture.
-_DET_CLASS_KEYS = {"RetinaNet": "RETINANET", "GFL": "GFL", "CascadeMaskRCNN": "ROI_HEADS"}
-
-
 def _detector_num_classes(cfg) -> int:
+    """The student detector's class count, from its meta-architecture's ``CLASS_COUNT``."""
     arch = cfg.MODEL.META_ARCHITECTURE
-    if arch not in _DET_CLASS_KEYS:
+    key = class_count_key(arch)
+    if key is None or key.metadata_field != "thing_classes" or not key.num_classes_key:
         raise ValueError(
-            f"KD loss APDDetection: MODEL.META_ARCHITECTURE '{arch}' is not a known detector "
-            f"({', '.join(sorted(_DET_CLASS_KEYS))}); use the loss 'APD' for segmentation"
+            f"KD loss APDDetection: MODEL.META_ARCHITECTURE '{arch}' is not a detector with a "
+            f"configured class count (its CLASS_COUNT); use the loss 'APD' for segmentation"
         )
-    return int(cfg.MODEL[_DET_CLASS_KEYS[arch]].NUM_CLASSES)
+    return key.num_classes(cfg)
 
 
 @KD_LOSS_REGISTRY.register()

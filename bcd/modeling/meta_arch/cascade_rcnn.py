@@ -25,7 +25,7 @@ from ...structures import ImageBatch, Instances, pad_to_divisible
 from ..backbone import build_backbone
 from ..heads.roi_heads import CascadeROIHeads, paste_masks
 from ..heads.rpn import RPN, grid_anchors
-from .build import META_ARCH_REGISTRY
+from .build import META_ARCH_REGISTRY, ClassCountKey
 
 __all__ = ["CascadeMaskRCNN", "MaskRCNN", "detector_postprocess"]
 
@@ -57,6 +57,8 @@ class CascadeMaskRCNN(nn.Module):
     ``MODEL.ROI_BOX_CASCADE_HEAD``, ``MODEL.ROI_MASK_HEAD``, ``MODEL.MASK_ON``, ``MODEL.FPN``.
     """
 
+    CLASS_COUNT = ClassCountKey("MODEL.ROI_HEADS.NUM_CLASSES", "thing_classes")
+
     def __init__(self, cfg) -> None:
         super().__init__()
         self.backbone = build_backbone(cfg)
@@ -75,7 +77,7 @@ class CascadeMaskRCNN(nn.Module):
         ch = channels.pop()
         self.proposal_generator = RPN(cfg, ch, [shapes[f].stride for f in self.rpn_in_features])
         self.roi_heads = CascadeROIHeads(cfg, ch, [shapes[f].stride for f in self.roi_in_features])
-        self.num_classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        self.num_classes = self.CLASS_COUNT.num_classes(cfg)
         self.mask_on = bool(cfg.MODEL.MASK_ON)
         self.size_divisibility = max(int(cfg.INPUT.SIZE_DIVISIBILITY),
                                      int(getattr(self.backbone, "size_divisibility", 1)))

@@ -24,7 +24,7 @@ from ...structures.image_batch import ImageBatch, pad_to_divisible
 from ..backbone import build_backbone
 from ..heads.object_seg import ObjectSegDecoder, PyramidSelfDistillationNetwork
 from ..losses.object_seg import SKD_METHODS, SelfDistillationLoss
-from .build import META_ARCH_REGISTRY
+from .build import META_ARCH_REGISTRY, ClassCountKey
 
 __all__ = ["ObjectSegmentor"]
 
@@ -44,6 +44,9 @@ class ObjectSegmentor(nn.Module):
     ``decoder.fuse``, ``decoder.predictor``; training only: ``aux.pyramids.<i>``,
     ``aux.fusions.<i>``, ``aux.scores.<i>``.
     """
+
+    # one foreground class, nothing to configure
+    CLASS_COUNT = ClassCountKey("", "thing_classes")
 
     def __init__(self, cfg) -> None:
         super().__init__()

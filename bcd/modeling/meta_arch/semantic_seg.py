@@ -12,7 +12,7 @@ from ...utils.registry import lookup
 from ..backbone import build_backbone
 from ..heads import SEM_SEG_HEAD_REGISTRY
 from ..heads.aux_head import FCNAuxHead
-from .build import META_ARCH_REGISTRY
+from .build import META_ARCH_REGISTRY, ClassCountKey
 
 __all__ = ["SemanticSegmentor", "semantic_cross_entropy"]
 
@@ -47,6 +47,9 @@ class SemanticSegmentor(nn.Module):
     ``sem_seg_head.feature``, ``sem_seg_head.predictor``, ``aux_head``.
     """
 
+    CLASS_COUNT = ClassCountKey(
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "stuff_classes", "MODEL.SEM_SEG_HEAD.IGNORE_VALUE")
+
     def __init__(self, cfg) -> None:
         super().__init__()
         self.backbone = build_backbone(cfg)
@@ -56,7 +59,7 @@ class SemanticSegmentor(nn.Module):
         self.aux_head: Optional[FCNAuxHead] = (
             FCNAuxHead(cfg, shapes) if cfg.MODEL.AUX_HEAD.ENABLED else None
         )
-        self.num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        self.num_classes = self.CLASS_COUNT.num_classes(cfg)
         self.ignore_value = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
         self.loss_weight = cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT
         self.aux_loss_weight = cfg.MODEL.AUX_HEAD.LOSS_WEIGHT
