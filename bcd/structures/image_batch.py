@@ -33,6 +33,59 @@ class ImageBatch:
     def __len__(self) -> int:
         return self.tensor.shape[0]
 
+    @classmethod
+    def from_inputs(
+        cls,
+        batched_inputs: Sequence[dict],
+        pixel_mean: Tensor,
+        pixel_std: Tensor,
+        size_divisibility: int = 0,
+        ignore_value: int = 255,
+        strict_labels: bool = False,
+    ) -> "ImageBatch":
+        """The batch of mapper dicts every meta-architecture's ``preprocess`` returns: the one
+        place that normalises, pads and batches (Detectron2's ``preprocess_image`` +
+        ``ImageList.from_tensors``).
+
+        * ``image`` (``3×h×w``, any dtype): ``(x − pixel_mean) / pixel_std`` in float on the
+          device of ``pixel_mean``, zero-padded bottom / right to a common size that is a multiple
+          of ``size_divisibility``;
+        * ``sem_seg`` (``h×w``), when every input has one and each is the size of its image:
+          padded with ``ignore_value`` the same way, int64. A label of another size than its image
+          is an error with ``strict_labels`` (training), else left out (the test mappers keep
+          labels at the original size while the image may be resized);
+        * ``instances``, when every input has them: moved to that device.
+
+        Args:
+            pixel_mean, pixel_std: ``3×1×1`` (``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``).
+
+        Raises:
+            ValueError: with ``strict_labels``, naming the input (``file_name``) and both sizes.
+        """
+        device = pixel_mean.device
+        images = [(x["image"].to(device, non_blocking=True).float() - pixel_mean) / pixel_std
+                  for x in batched_inputs]
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        tensor = pad_to_divisible(images, size_divisibility, 0.0)
+        sem_seg = None
+        if batched_inputs and all("sem_seg" in x for x in batched_inputs):
+            mismatch = [(x.get("file_name", i), tuple(x["sem_seg"].shape[-2:]), sizes[i])
+                        for i, x in enumerate(batched_inputs) if tuple(x["sem_seg"].shape[-2:]) != sizes[i]]
+            if not mismatch:
+                labels = [x["sem_seg"].to(device, non_blocking=True).long() for x in batched_inputs]
+                sem_seg = pad_to_divisible(labels, size_divisibility, ignore_value)
+            elif strict_labels:
+                name, label_size, image_size = mismatch[0]
+                raise ValueError(
+                    f"Training input '{name}': sem_seg of size {label_size} does not match its "
+                    f"image {image_size}"
+                )
+        instances = None
+        if batched_inputs and all("instances" in x for x in batched_inputs):
+            instances = [x["instances"].to(device) for x in batched_inputs]
+        return cls(tensor=tensor, image_sizes=sizes, sem_seg=sem_seg, instances=instances,
+                   inputs=list(batched_inputs))
+
     @property
     def device(self) -> torch.device:
         return self.tensor.device

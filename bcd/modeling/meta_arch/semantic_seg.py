@@ -90,32 +90,10 @@ class SemanticSegmentor(nn.Module):
     # ------------------------------------------------------------------------------ protocol
     def preprocess(self, batched_inputs: List[Dict[str, Any]]) -> ImageBatch:
         """Normalise the ``image``s, pad them (zeros) and their ``sem_seg`` (ignore value) to a
-        multiple of ``self.size_divisibility``, on the model's device."""
-        images = [
-            (x["image"].to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
-            for x in batched_inputs
-        ]
-        sizes = [tuple(int(s) for s in im.shape[-2:]) for im in images]
-        tensor = pad_to_divisible(images, self.size_divisibility, 0.0)
-        sem_seg = None
-        if len(batched_inputs) > 0 and all("sem_seg" in x for x in batched_inputs):
-            mismatch = [
-                (x.get("file_name", i), tuple(x["sem_seg"].shape[-2:]), sizes[i])
-                for i, x in enumerate(batched_inputs)
-                if tuple(x["sem_seg"].shape[-2:]) != sizes[i]
-            ]
-            if not mismatch:
-                labels = [x["sem_seg"].to(self.device, non_blocking=True).long() for x in batched_inputs]
-                sem_seg = pad_to_divisible(labels, self.size_divisibility, self.ignore_value)
-            elif self.training:
-                name, label_size, image_size = mismatch[0]
-                raise ValueError(
-                    f"Training input '{name}': sem_seg of size {label_size} does not match its "
-                    f"image {image_size}"
-                )
-            # Evaluation: the test mapper keeps labels at the original size while the image may
-            # be resized; the evaluator compares them with the output at height × width.
-        return ImageBatch(tensor=tensor, image_sizes=sizes, sem_seg=sem_seg, inputs=list(batched_inputs))
+        multiple of ``self.size_divisibility``, on the model's device (``ImageBatch.from_inputs``;
+        in training a label of another size than its image is an error)."""
+        return ImageBatch.from_inputs(batched_inputs, self.pixel_mean, self.pixel_std,
+                                      self.size_divisibility, self.ignore_value, strict_labels=self.training)
 
     def extract(self, batch: ImageBatch) -> Dict[str, Any]:
         """Raw outputs: ``{"logits": B×K×h×w}`` at the head's stride, and ``"features"``, the
