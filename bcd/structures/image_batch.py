@@ -116,25 +116,49 @@ class ImageBatch:
 
     def box_label_map(self, size: Tuple[int, int]) -> Tensor:
         """``B×h×w`` long: on an ``h×w`` grid covering the padded tensor, ``gt_classes + 1`` of the
-        smallest ground-truth box containing each cell's centre, 0 where no box does.
+        smallest ground-truth box containing each cell's centre, 0 where no box does
+        (:func:`box_index_map`).
 
         Boxes are ``instances[i].gt_boxes`` (``M×4`` XYXY in input pixels, a tensor or an object
         with ``.tensor``); overlapping boxes: the smaller one wins. An image without instances
         (or a batch without ``instances``) is all 0.
         """
         B, _, H, W = self.tensor.shape
-        h, w = size
-        out = torch.zeros(B, h, w, dtype=torch.long, device=self.device)
-        ys = (torch.arange(h, device=self.device) + 0.5) * (H / h)
-        xs = (torch.arange(w, device=self.device) + 0.5) * (W / w)
+        out = torch.zeros(B, *size, dtype=torch.long, device=self.device)
         for n, inst in enumerate(self.instances or []):
             boxes = inst.gt_boxes.tensor if hasattr(inst.gt_boxes, "tensor") else inst.gt_boxes
-            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            for i in torch.argsort(area, descending=True).tolist():  # small boxes last: they win
-                x0, y0, x1, y1 = boxes[i].tolist()
-                m = (ys[:, None] >= y0) & (ys[:, None] < y1) & (xs[None] >= x0) & (xs[None] < x1)
-                out[n][m] = int(inst.gt_classes[i]) + 1
+            idx = box_index_map(boxes, size, (H, W))
+            inside = idx >= 0
+            out[n][inside] = inst.gt_classes.to(self.device)[idx[inside]].long() + 1
         return out
+
+
+def box_index_map(boxes: Tensor, grid: Tuple[int, int], padded: Tuple[int, int]) -> Tensor:
+    """Rasterise boxes on a feature grid: the one box-painting rule of ``bcd``.
+
+    A cell ``(y, x)`` of an ``h×w`` grid covering a padded ``H×W`` input has its centre at
+    ``((x + 0.5)·W/w, (y + 0.5)·H/h)`` input pixels; it takes the index of the smallest box
+    (by area) whose half-open extent ``[x0, x1) × [y0, y1)`` contains the centre.
+
+    Args:
+        boxes: ``N×4`` XYXY in input pixels.
+        grid: ``(h, w)``; padded: ``(H, W)``.
+
+    Returns:
+        ``h×w`` int64: box index, ``-1`` where no box contains the centre. Used by
+        :meth:`ImageBatch.box_label_map` and APD's FPN-level labels.
+    """
+    h, w = grid
+    H, W = padded
+    ys = (torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5) * (H / h)
+    xs = (torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5) * (W / w)
+    out = torch.full((h, w), -1, dtype=torch.long, device=boxes.device)
+    b = boxes.float()
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    for i in torch.argsort(area, descending=True).tolist():  # small boxes painted last: they win
+        x0, y0, x1, y1 = b[i].tolist()
+        out[(ys[:, None] >= y0) & (ys[:, None] < y1) & (xs[None, :] >= x0) & (xs[None, :] < x1)] = i
+    return out
 
 
 def pad_to_divisible(

@@ -29,6 +29,28 @@ def test_fpn_level_rule():
     assert assign_fpn_levels(boxes, 3, 7, canonical_box_size=112).tolist() == [5, 4, 6, 3, 7]
 
 
+def test_one_fpn_level_rule_for_rois_and_apd():
+    # the rule RoI pooling used before (torchvision's LevelMapper) on random boxes, and the
+    # pooler itself assigns by it
+    from torchvision.ops.poolers import LevelMapper
+
+    from bcd.modeling.heads.roi_heads import ROIPooler
+    from bcd.modeling.heads.roi_heads import assign_fpn_levels as owner
+
+    assert assign_fpn_levels is owner
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(500, 2, generator=g) * 800
+    wh = torch.exp(torch.rand(500, 2, generator=g) * 7)  # 1 .. 1100 px sides
+    boxes = torch.cat([xy, xy + wh], 1)
+    ref = LevelMapper(2, 5, canonical_scale=224, canonical_level=4)([boxes]) + 2
+    assert torch.equal(owner(boxes, 2, 5), ref)
+    pooler = ROIPooler(7, [4, 8, 16, 32])
+    feats = [torch.full((1, 1, 256 // s, 256 // s), float(s)) for s in (4, 8, 16, 32)]
+    pooled = pooler(feats, [boxes[:20] / 4])
+    expected = torch.tensor([4.0, 8.0, 16.0, 32.0])[owner(boxes[:20] / 4, 2, 5) - 2]
+    assert torch.allclose(pooled.amax(dim=(1, 2, 3)), expected)
+
+
 def test_level_labels_by_hand():
     # 16x16 input, an 8x8 image in it (the rest is padding); level grid 4x4 (stride 4):
     # cell centres at 2, 6, 10, 14 px.

@@ -70,7 +70,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bcd.modeling.heads.roi_heads import assign_fpn_levels
 from bcd.modeling.meta_arch.build import class_count_key
+from bcd.structures.image_batch import box_index_map
 from bcd.solver.build import OptimizerSpec
 
 from .base import DistillLoss, KDContext, as_tensor_feature
@@ -340,25 +342,6 @@ class APD(_APDBase):
 
 
 # ------------------------------------------------------------------------------- detectors
-def assign_fpn_levels(
-    boxes: Tensor, min_level: int, max_level: int, canonical_box_size: float = 224.0,
-    canonical_level: int = 4,
-) -> Tensor:
-    """FPN scale rule (Lin et al. 2017, Eq. 1; Detectron2 ``assign_boxes_to_levels``):
-    ``k = floor(k0 + log2(sqrt(wh) / 224))`` clamped to ``[min_level, max_level]``.
-
-    Args:
-        boxes: ``N×4`` XYXY.
-
-    Returns:
-        ``N`` int64 levels (e.g. 3 for P3).
-    """
-    wh = (boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)
-    size = wh.sqrt()
-    lvl = torch.floor(canonical_level + torch.log2(size / canonical_box_size + 1e-8))
-    return lvl.clamp(min=min_level, max=max_level).long()
-
-
 def detection_level_labels(
     boxes: Sequence[Tensor],
     classes: Sequence[Tensor],
@@ -372,7 +355,8 @@ def detection_level_labels(
 ) -> Tensor:
     """``B×h×w`` labels of one FPN level for APD on a detector ([R], METHODS §4.6 item 5).
 
-    A cell (centre ``((x + 0.5)·W/w, (y + 0.5)·H/h)`` in input pixels) is
+    A cell (centre ``((x + 0.5)·W/w, (y + 0.5)·H/h)`` in input pixels, the boxes rasterised by
+    ``bcd.structures.box_index_map``) is
 
     * class ``c`` when it lies in a box of class ``c`` assigned to this level (the smaller box
       wins where boxes overlap);
@@ -388,20 +372,18 @@ def detection_level_labels(
     h, w = grid
     H, W = padded
     device = boxes[0].device if len(boxes) else torch.device("cpu")
-    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (H / h)
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (H / h)  # cell centres
     xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * (W / w)
     out = torch.full((len(boxes), h, w), num_classes, dtype=torch.long, device=device)
     for i, (b, c, lv) in enumerate(zip(boxes, classes, levels)):
         ih, iw = image_sizes[i]
-        inside_img = (ys[:, None] < ih) & (xs[None, :] < iw)
         if b.numel():
-            b = b.float()
-            area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-            for j in torch.argsort(area, descending=True).tolist():  # small boxes painted last
-                x0, y0, x1, y1 = b[j].tolist()
-                m = (ys[:, None] >= y0) & (ys[:, None] < y1) & (xs[None, :] >= x0) & (xs[None, :] < x1)
-                out[i][m] = int(c[j]) if int(lv[j]) == level else ignore_value
-        out[i][~inside_img] = ignore_value
+            idx = box_index_map(b, grid, padded)  # the smallest box containing each cell centre
+            inside = idx >= 0
+            j = idx[inside]
+            out[i][inside] = torch.where(lv.to(device)[j] == level, c.to(device)[j].long(),
+                                         torch.full_like(j, ignore_value))
+        out[i][~((ys[:, None] < ih) & (xs[None, :] < iw))] = ignore_value
     return out
 
 
