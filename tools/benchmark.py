@@ -32,9 +32,10 @@ spread of the ratio is that of the per-round ratios ``kd_i / (student_i + teache
 after resetting it (``/proc/self/clear_refs``). "Extra" is the KD step's peak minus the larger of
 the plain student step's and the teacher forward's.
 
-**FLOPs.** ``torch.utils.flop_counter.FlopCounterMode`` over the first warm-up round (matrix
-products and convolutions; element-wise work is not counted): the loss's own FLOPs are the KD
-step's minus the student step's and the teacher forward's.
+**FLOPs.** ``bcd.utils.analysis.flop_count`` (``torch.utils.flop_counter.FlopCounterMode``, the
+counting function of ``tools/analyze_model.py`` and ``kd_report`` too; a multiply-add = 2 FLOPs;
+matrix products and convolutions; element-wise work is not counted) over the first warm-up
+round: the loss's own FLOPs are the KD step's minus the student step's and the teacher forward's.
 
 Results: ``OUTPUT/benchmark_<task>.json`` and ``.md``, written after every measurement (a long
 run leaves usable partial results), with the machine, the thread count and the load average.

@@ -8,9 +8,7 @@ from typing import Any, Callable, Dict, Tuple
 
 import torch
 
-from bcd.utils.analysis import PeakMemory, synchronize
-
-from .measure import _flops
+from bcd.utils.analysis import PeakMemory, flop_count, synchronize
 
 __all__ = ["line_max_impls", "measure_line_max", "measure_relation"]
 
@@ -51,7 +49,7 @@ def measure_relation(impl: str, tokens: int, channels: int, batch: int, device: 
 
     value = run()  # warm-up
     # FlopCounterMode has no formula for the CPU flash-attention kernel: the yardstick is not counted
-    flops = _flops(run) if impl != "attention" else None
+    flops = flop_count(run).total if impl != "attention" else None
     synchronize(device)
     with PeakMemory(device) as mem:
         t0 = timer()

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from _tool_common import load_config
-from bcd.utils.analysis import PeakMemory, synchronize
+from bcd.utils.analysis import PeakMemory, flop_count, synchronize
 
 from .inputs import det_inputs, num_classes, seg_inputs
 from .pairs import PAIRS, repo_path
@@ -38,14 +38,6 @@ def total_loss(loss_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
     from bcd.engine.train_loop import SimpleTrainer
 
     return SimpleTrainer._total_loss(loss_dict)
-
-
-def _flops(fn: Callable[[], None]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as fc:
-        fn()
-    return int(fc.get_total_flops())
 
 
 def measure_pair(pair: str, loss_set: str, batch: int, warmup: int, iters: int, device: str,
@@ -121,7 +113,7 @@ def measure_pair(pair: str, loss_set: str, batch: int, warmup: int, iters: int, 
     for r in range(max(1, warmup)):
         for key, fn in phases:
             if r == 0:
-                flops[key] = _flops(fn)
+                flops[key] = flop_count(fn).total
             else:
                 fn()
     wall: Dict[str, List[float]] = {k: [] for k, _ in phases}
