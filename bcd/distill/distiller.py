@@ -13,7 +13,9 @@ Built by ``build_model(cfg)`` when ``cfg.KD.LOSSES`` is not empty:
   parameters have ``requires_grad=False`` and it runs under ``torch.no_grad()``.
 * ``kd_modules``: ``nn.ModuleDict`` of the losses (with their connectors / heads) plus
   ``kd_modules.shared`` (modules used by several losses). ``lr_multipliers`` =
-  ``{"kd_modules": KD.LR_MULTIPLIER}``. ``extra_optimizers()``: the optimizers the losses
+  ``{"kd_modules": KD.LR_MULTIPLIER}`` and the student's own rules prefixed with ``student.``
+  (e.g. an ``ObjectSegmentor``'s backbone ×0.1); ``SOLVER.LR_MULTIPLIERS`` name the student's
+  parameters, without the prefix. ``extra_optimizers()``: the optimizers the losses
   declare for some of their parameters (APD's teacher adapter), built by the trainer.
 * Buffers ``kd_iteration`` (the iteration the schedules read: the trainer's, taken from the open
   ``EventStorage`` at each training forward, saved for ``--resume``) and the temperature
@@ -194,7 +196,12 @@ class Distiller(nn.Module):
             cls.NAME: build_weight_schedule(cls.config_node(cfg), cfg.KD.SCHEDULE, cfg.SOLVER.MAX_ITER)
             for cls in loss_classes.values()
         }
-        self.lr_multipliers = {"kd_modules": float(cfg.KD.LR_MULTIPLIER)}
+        # The KD modules' rule, then the student's own (ObjectSegmentor: backbone x0.1), prefixed
+        # with its name here; SOLVER.LR_MULTIPLIERS name the student's parameters and the solver
+        # prefixes them (bcd/solver/build.py).
+        self.lr_multipliers: Dict[str, float] = {"kd_modules": float(cfg.KD.LR_MULTIPLIER)}
+        self.lr_multipliers.update({f"student.{k}": float(v) for k, v in
+                                    (getattr(self.student, "lr_multipliers", None) or {}).items()})
         self.register_buffer("kd_iteration", torch.tensor(0, dtype=torch.int64))
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
         self.ignore_value = int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)

@@ -39,22 +39,50 @@ def _lr_multiplier_for(name: str, rules: Sequence[Tuple[str, float]]) -> float:
     return 1.0
 
 
+def _network_prefix(model: nn.Module) -> str:
+    """Where the network the config describes sits in ``model``: ``""`` for a plain model; the
+    name (with a dot) of the submodule ``model.deploy_model()`` returns, inside a wrapper that
+    trains it (the ``Distiller``'s ``"student."``)."""
+    fn = getattr(model, "deploy_model", None)
+    net = fn() if callable(fn) else model
+    if net is model:
+        return ""
+    for name, m in model.named_modules():
+        if m is net:
+            return name + "."
+    return ""
+
+
 def _multiplier_rules(cfg, model: nn.Module) -> List[Tuple[str, float]]:
-    """``SOLVER.LR_MULTIPLIERS`` first, then the model's ``lr_multipliers`` attribute."""
+    """``SOLVER.LR_MULTIPLIERS`` first, then the model's ``lr_multipliers`` attribute.
+
+    ``SOLVER.LR_MULTIPLIERS`` names parameters of the network the config describes
+    (``MODEL.META_ARCHITECTURE``): inside a ``Distiller`` the same prefixes apply to its student
+    (prefixed here with ``student.``), so a plain and a distillation config write the same rules.
+    The model's own rules (the Distiller's: its KD modules and its student's own rules, which it
+    prefixes) are full names.
+    """
+    prefix = _network_prefix(model)
     rules: List[Tuple[str, float]] = []
     for i, item in enumerate(cfg.SOLVER.LR_MULTIPLIERS):
         if len(item) != 2:
             raise ValueError(
                 f"SOLVER.LR_MULTIPLIERS[{i}] must be [prefix, multiplier]; got {item!r}"
             )
-        rules.append((str(item[0]), float(item[1])))
+        rules.append((prefix + str(item[0]), float(item[1])))
     names = [n for n, _ in model.named_parameters()]
-    for prefix, _ in rules:  # a configured prefix that matches nothing is a typo: fail loudly
-        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+    for (full, _), item in zip(rules, cfg.SOLVER.LR_MULTIPLIERS):
+        # a configured prefix that matches nothing is a typo: fail loudly
+        if not any(n == full or n.startswith(full + ".") for n in names):
+            hint = ""
+            if prefix and str(item[0]).startswith(prefix):
+                hint = (f"; SOLVER.LR_MULTIPLIERS names the parameters of the config's network "
+                        f"itself: write '{str(item[0])[len(prefix):]}', without '{prefix}'")
+            top = sorted({n[len(prefix):].split(".")[0] for n in names if n.startswith(prefix)})
             raise ValueError(
-                f"SOLVER.LR_MULTIPLIERS prefix '{prefix}' matches no parameter of "
-                f"{type(model).__name__} (parameter names start with: "
-                f"{', '.join(sorted({n.split('.')[0] for n in names}))})"
+                f"SOLVER.LR_MULTIPLIERS prefix '{item[0]}' matches no parameter of "
+                f"{type(model).__name__}{' (its ' + prefix[:-1] + ')' if prefix else ''} "
+                f"(parameter names start with: {', '.join(top)}){hint}"
             )
     model_rules = getattr(model, "lr_multipliers", None)
     if model_rules:
