@@ -36,27 +36,27 @@ def _package_of(path: str) -> str:
     return rel.split(os.sep)[0] if os.sep in rel else ""
 
 
+def _from_module(node: ast.ImportFrom, path: str, root: str) -> str:
+    """The absolute module a ``from ... import`` statement of the file ``path`` reads from."""
+    if not node.level:
+        return node.module or ""
+    parts = os.path.relpath(path, root)[:-3].split(os.sep)
+    base = parts[:-1]  # the package of a module, or the package itself for an __init__
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _imports(path: str):
     """``(line, top-level bcd package)`` of every import of ``bcd`` in ``path``."""
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), path)
-    rel_mod = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
-    parts = rel_mod.split(".")
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    is_pkg = path.endswith("__init__.py")
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = parts if is_pkg else parts[:-1]
-                base = base[: len(base) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
-                names = [mod] if node.module else [f"{mod}.{a.name}" for a in node.names]
-            else:
-                names = [node.module or ""]
+            mod = _from_module(node, path, ROOT)
+            names = [f"{mod}.{a.name}" for a in node.names] if node.level and not node.module else [mod]
         else:
             continue
         for n in names:
@@ -133,11 +133,6 @@ def test_import_scanner_resolves_relative_and_lazy_imports(tmp_path, src, expect
 
 
 # ----------------------------------------------------------------------- cycles inside packages
-def _module_name(path: str) -> str:
-    parts = os.path.relpath(path, ROOT)[:-3].split(os.sep)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
 def _is_module(name: str, root: str) -> bool:
     p = os.path.join(root, *name.split("."))
     return os.path.isfile(p + ".py") or os.path.isfile(os.path.join(p, "__init__.py"))
@@ -149,9 +144,6 @@ def _module_level_edges(path: str, root: str):
     ``from pkg import name`` points at ``pkg.name`` when that is a module, else at ``pkg``."""
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), path)
-    me = os.path.relpath(path, root)[:-3].split(os.sep)
-    is_pkg = me[-1] == "__init__"
-    parts = me[:-1] if is_pkg else me
     stmts, out = list(tree.body), []
     while stmts:
         node = stmts.pop(0)
@@ -162,12 +154,7 @@ def _module_level_edges(path: str, root: str):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = parts if is_pkg else parts[:-1]
-                base = base[: len(base) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
+            mod = _from_module(node, path, root)
             targets = [f"{mod}.{a.name}" if _is_module(f"{mod}.{a.name}", root) else mod for a in node.names]
         else:
             continue
