@@ -336,7 +336,7 @@ _C.CUDNN_BENCHMARK = False
 
 # ---------------------------------------------------------------------------------------------
 # Object segmentation (salient / camouflaged objects) and SKD self-distillation (issue 12,
-# METHODS.md §3). [R] marks a reconstruction of a detail the SKD paper does not give us.
+# docs/methods.md §3). [R] marks a reconstruction of a detail the SKD paper does not give us.
 # ---------------------------------------------------------------------------------------------
 _C.INPUT.OBJECT_SEG = CN()
 # Masks are read as 8-bit grayscale; foreground = value > MASK_THRESHOLD (128 as pysodmetrics,
@@ -355,7 +355,7 @@ _C.INPUT.OBJECT_SEG.CROP_FRACTION = 0.125
 _C.INPUT.OBJECT_SEG.TEST_SIZE = [352, 352]
 
 _C.MODEL.OBJECT_SEG = CN()
-# Inference network (METHODS §3.2 [R]): 1x1 conv-BN-ReLU to CHANNELS per level, upsampled to
+# Inference network (docs/methods.md §3.2 [R]): 1x1 conv-BN-ReLU to CHANNELS per level, upsampled to
 # the finest level, concatenated, 3x3 conv-BN-ReLU, 1x1 conv to one logit.
 _C.MODEL.OBJECT_SEG.IN_FEATURES = ["res2", "res3", "res4", "res5"]
 _C.MODEL.OBJECT_SEG.CHANNELS = 64

@@ -22,8 +22,7 @@ __all__ = [
     "add_temperature_config",
 ]
 
-# Backbone stages BCD concatenates at 1/8 (docs/methods.md, "BCD: hierarchical feature
-# aggregation").
+# Backbone stages BCD concatenates at 1/8 (docs/methods.md §2.3).
 _BACKBONE_LEVELS = ["backbone.res2", "backbone.res3", "backbone.res4", "backbone.res5"]
 _FPN_P3_P6 = ["backbone[p3]", "backbone[p4]", "backbone[p5]", "backbone[p6]"]
 _FPN_P3_P7 = _FPN_P3_P6 + ["backbone[p7]"]
@@ -41,7 +40,7 @@ def add_common_loss_config(
     """Add the keys every loss node has (in place) and return the node.
 
     Keys: ``WEIGHT`` (λ), ``STUDENT_FEATURES`` / ``TEACHER_FEATURES`` (module paths, see
-    ``bcd/distill/recorder.py``), ``MASK`` (the validity mask of docs/methods.md "Masks"; only for
+    ``bcd/distill/recorder.py``), ``MASK`` (the validity mask of docs/methods.md §1.2; only for
     losses that use one: ``mask=None`` declares no key), ``SCHEDULE.NAME`` (``""`` = use
     ``KD.SCHEDULE.NAME``; ``"constant"`` or ``"linear_decay"``), ``SCHEDULE.WARMUP_ITERS``,
     ``SCHEDULE.STOP_ITER`` (0 = never; the weight is 0 from that iteration on).
@@ -68,7 +67,7 @@ def add_temperature_config(node: CN, init: float = 1.0, adaptive: bool = True) -
     node.TEMPERATURE.FACTOR = 1.05
     node.TEMPERATURE.TRIGGER = "maxprob"
     node.TEMPERATURE.THRESHOLD = 0.5
-    # Hinton / Phuong & Lampert convention (docs/methods.md, "BCD: temperature").
+    # Hinton / Phuong & Lampert convention (docs/methods.md §2.7).
     node.TAU_SQUARED = True
 
 

@@ -99,7 +99,7 @@ class ImageBatch:
         With ``size`` the mask is given on an ``h×w`` grid covering the padded tensor (a feature
         map of stride ``H/h``): a cell is inside when its top-left pixel is inside the image, and
         its label is the nearest-downsampled one. This is the one validity mask of ``bcd``
-        (docs/methods.md, "Masks"); the distillation context caches it per step.
+        (docs/methods.md §1.2); the distillation context caches it per step.
         """
         B, _, H, W = self.tensor.shape
         h, w = size if size is not None else (H, W)

@@ -1,7 +1,7 @@
 """APD: Adaptive Perspective Distillation (Tian, Chen et al., TPAMI 2023, 45(2):1372-1387).
 
 Exact to the authors' code (``dvlab-research/APD``, ``tool/train.py``: ``CriterionKmeansInterWhole``
-and ``train``; METHODS §4). On the decoder feature (``sem_seg_head.feature``: 512 channels at 1/8
+and ``train``; docs/methods.md §4). On the decoder feature (``sem_seg_head.feature``: 512 channels at 1/8
 for PSPNet / DeepLabV3+) of teacher and student:
 
 * adapters ("perspective transforms"): student ``Tr_S`` and teacher ``Tr_T``, each
@@ -37,7 +37,7 @@ process) and saves its state in every checkpoint (``optimizer.apd.teacher_adapte
 steps ``Tr_T`` before the student's backward; the order does not matter, since the student's
 terms were computed from the same forward.
 The APD recipe's logit term is :class:`bcd.distill.losses.pixel_kd.PixelKD` with
-``REDUCTION elementwise`` and ``RESIZE input`` (METHODS §4.4, §4.6 item 2), weight 10.
+``REDUCTION elementwise`` and ``RESIZE input`` (docs/methods.md §4.4, §4.6 item 2), weight 10.
 
 A batch without any valid label gives 0 for every term (and no ``Tr_T`` step). The code skips
 such an iteration for the student as well (its 60×60 check); here the student's task loss is
@@ -57,7 +57,7 @@ Feature point: the code takes ``x_ppm`` after the merge block's ``Dropout2d(0.1)
 ``sem_seg_head.feature`` is before the head's dropout (name ``sem_seg_head.dropout`` for the
 code's point; the teacher runs in eval mode, where the two agree).
 
-Detectors (extension, not in the code; METHODS §4.6 item 5 [R]): :class:`APDDetection`.
+Detectors (extension, not in the code; docs/methods.md §4.6 item 5 [R]): :class:`APDDetection`.
 """
 from __future__ import annotations
 
@@ -353,7 +353,7 @@ def detection_level_labels(
     num_classes: int,
     ignore_value: int = -1,
 ) -> Tensor:
-    """``B×h×w`` labels of one FPN level for APD on a detector ([R], METHODS §4.6 item 5).
+    """``B×h×w`` labels of one FPN level for APD on a detector ([R], docs/methods.md §4.6 item 5).
 
     A cell (centre ``((x + 0.5)·W/w, (y + 0.5)·H/h)`` in input pixels, the boxes rasterised by
     ``bcd.structures.box_index_map``) is

@@ -39,7 +39,7 @@ A loss is one file in ``bcd/distill/losses/``. It
   hook calls ``controller.step()`` after the optimizer step. ``temperatures()`` lists them for
   logging.
 
-Masks (docs/methods.md, "Masks"): ``ctx.valid_mask(size)`` is ``B×h×w`` bool. The ``Distiller``
+Masks (docs/methods.md §1.2): ``ctx.valid_mask(size)`` is ``B×h×w`` bool. The ``Distiller``
 alone reads ``KD.<LOSS>.MASK`` and sets ``ctx.mask`` before each loss: with it, True where a cell
 is inside its image (not padding) and, when labels exist, its label is not the ignore value
 (``ImageBatch.valid_mask``); without it, all True. Losses always call ``ctx.valid_mask`` and never

@@ -3,7 +3,7 @@
 The lightweight *inference network* (backbone + ``ObjectSegDecoder``) is what is deployed; with
 ``MODEL.SKD.METHOD`` other than "none" a training-only auxiliary network
 (``PyramidSelfDistillationNetwork``) is appended to the backbone and trained with the
-self-distillation losses of ``bcd/modeling/losses/object_seg.py``. METHODS.md §3.2; every
+self-distillation losses of ``bcd/modeling/losses/object_seg.py``. docs/methods.md §3.2; every
 detail beyond the abstract and the authors' README is a reconstruction behind a ``MODEL.SKD`` /
 ``MODEL.OBJECT_SEG`` switch.
 
