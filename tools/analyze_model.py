@@ -6,12 +6,15 @@
     python tools/analyze_model.py --config-file configs/cityscapes/bcd_pspnet_r18.yaml --teacher
 
 The model is the deployable one (a distillation config's student; ``--teacher`` its teacher),
-built without the ImageNet file (weights do not change the counts); ``MODEL.WEIGHTS`` loads
-trained weights (they matter for the latency of data-dependent post-processing such as NMS).
-FLOPs and activations come from fvcore on ``extract`` (the network, no post-processing) of one
-image: one multiply-add = one FLOP, as in Detectron2's analyze_model and ``kd_report``. Latency
-is the median over ``--iters`` timed runs after ``--warmup`` untimed ones, end to end
-(``model(inputs)``, post-processing included) and for the network alone.
+built without the ImageNet file; ``MODEL.WEIGHTS`` loads trained weights (they matter for
+data-dependent work: a detector's RoI heads run on the proposals and detections of the image).
+FLOPs and activations are those of the model's test-time forward (``model(inputs)`` in eval
+mode) on one synthetic image, counted by ``bcd.utils.analysis`` as ``kd_report`` and
+``tools/benchmark.py`` count them: FLOPs with a multiply-add = 2 (fvcore / Detectron2's
+analyze_model count it as 1, i.e. half). Modules with parameters that did not run on the image
+are named in the output as not counted. Latency is the median over ``--iters`` timed runs after
+``--warmup`` untimed ones, end to end (``model(inputs)``, post-processing included) and for the
+network alone.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import torch  # noqa: E402
 
 from _tool_common import build_deployable, load_config  # noqa: E402
 
-from bcd.utils.analysis import analyze_model, format_analysis, measure_latency  # noqa: E402
+from bcd.utils.analysis import FLOP_UNIT, analyze_model, format_analysis, measure_latency  # noqa: E402
 
 TASKS = ("flop", "activation", "parameter", "latency")
 
@@ -73,13 +76,14 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     want = set(args.tasks)
     if want & {"flop", "activation", "parameter"}:
         a = analyze_model(model, size, activations="activation" in want)
-        out.update(params=a.params, flops=a.flops, activations=a.activations,
-                   flops_by_operator=a.by_operator, unsupported_ops=a.unsupported,
+        out.update(params=a.params, flops=a.flops, flop_unit=FLOP_UNIT, activations=a.activations,
+                   flops_by_operator=a.by_operator,
+                   not_run=[{"module": n, "params": p} for n, p in a.not_run],
                    by_module=a.by_module)
         print(f"{type(model).__name__} ({args.config_file}{', teacher' if args.teacher else ''}), "
               f"input 3×{size[0]}×{size[1]}")
-        print(f"params {a.params / 1e6:.3f} M   FLOPs {a.flops / 1e9:.3f} G (fvcore, one "
-              f"multiply-add = 1)" + (f"   activations {a.activations / 1e6:.3f} M" if a.activations else ""))
+        print(f"params {a.params / 1e6:.3f} M   FLOPs {a.flops / 1e9:.3f} G (a multiply-add = 2)"
+              + (f"   activations {a.activations / 1e6:.3f} M" if a.activations else ""))
         print(format_analysis(a, args.depth))
     if "latency" in want:
         out["latency"] = {}

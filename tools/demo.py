@@ -81,10 +81,11 @@ def _iters(n: int, config: str) -> List[str]:
 
 
 def complexity_notes(size: Tuple[int, int] = (128, 128)) -> List[str]:
-    """Params and FLOPs (``bcd.utils.analysis``) of the demo teacher and student."""
+    """Params and FLOPs (``bcd.utils.analysis.count_flops``: the test-time forward counted by
+    ``flop_count``, a multiply-add = 2 FLOPs) of the demo teacher and student."""
     from bcd.config import get_cfg
-    from bcd.distill.report import count_flops, count_params
     from bcd.modeling import build_model
+    from bcd.utils.analysis import count_flops, count_params
 
     rows = []
     for name, config in (("teacher", TEACHER), ("student", WARM)):
@@ -96,7 +97,7 @@ def complexity_notes(size: Tuple[int, int] = (128, 128)) -> List[str]:
         rows.append(f"{name} {count_params(model) / 1e6:.3f} M parameters, "
                     + (f"{flops / 1e9:.3f} GFLOPs" if flops is not None else "FLOPs not counted")
                     + f" at {size[0]}×{size[1]}")
-    return ["Models: " + "; ".join(rows) + " (fvcore: one multiply-add = one FLOP)."]
+    return ["Models: " + "; ".join(rows) + " (test-time forward; one multiply-add = 2 FLOPs)."]
 
 
 def build_spec(args: argparse.Namespace, argv: Optional[List[str]]) -> evidence.Spec:

@@ -5,7 +5,7 @@ override may only set keys that exist (an unknown key is an error naming the clo
 Sections are owned by one area each (core, semantic segmentation, detection, distillation).
 """
 from .config import CfgNode as CN
-from .kd_defaults import add_kd_loss_configs
+from .kd_defaults import add_kd_config
 
 _C = CN()
 _C.VERSION = 1
@@ -286,43 +286,9 @@ _C.TEST.SEM_SEG.BOUNDARY_DILATION_RATIO = 0.02
 # ---------------------------------------------------------------------------------------------
 # Distillation (docs/methods.md). Empty LOSSES = plain training.
 # ---------------------------------------------------------------------------------------------
-_C.KD = CN()
-# Names of KD_LOSS_REGISTRY entries to turn on, e.g. ["BoundaryDistillation", "ContextDistillation"]
-_C.KD.LOSSES = []
-_C.KD.TEACHER = CN()
-_C.KD.TEACHER.CONFIG_FILE = ""  # the teacher's own config (a student-style config)
-_C.KD.TEACHER.WEIGHTS = ""  # the trained teacher's checkpoint (required when KD.LOSSES is set)
-_C.KD.TEACHER.OPTS = []  # overrides of the teacher config, KEY VALUE pairs
-_C.KD.EVAL_TEACHER = False  # evaluate the teacher before training and put it in kd_report
-# LR multiplier of every trainable KD module (connectors, HFA, boundary heads, projectors):
-# the Distiller exposes lr_multipliers = {"kd_modules": KD.LR_MULTIPLIER} (docs/methods.md §2.8: x10).
-_C.KD.LR_MULTIPLIER = 10.0
-# Connectors created from the recorded shapes (student -> teacher channels / size).
-_C.KD.CONNECTOR = CN()
-_C.KD.CONNECTOR.NORM = "BN"  # norm after the 1x1 conv: "", "BN", "SyncBN", "GN"
-_C.KD.CONNECTOR.SPATIAL = "interpolate"  # "interpolate" (bilinear) or "pool" (avg when larger)
-# Default weight schedule of every loss whose KD.<LOSS>.SCHEDULE.NAME is "".
-_C.KD.SCHEDULE = CN()
-_C.KD.SCHEDULE.NAME = "constant"  # "constant" or "linear_decay" (BCD Eq. 7: 1 - it/max_iter)
-_C.KD.SCHEDULE.WARMUP_ITERS = 0  # linear warm-up of the weight (0 = none)
-_C.KD.SCHEDULE.STOP_ITER = 0  # weight is 0 from this iteration on (0 = never)
-# (h, w) of the dummy batch of the dry-run forward that records feature shapes at build time.
-_C.KD.SHAPE_PROBE_SIZE = [128, 128]
-# kd_report: OUTPUT_DIR of the same student trained without KD ("" = no baseline column), and
-# of the teacher's run ("" = the folder of KD.TEACHER.WEIGHTS); their metrics.json are read.
-_C.KD.BASELINE_OUTPUT_DIR = ""
-_C.KD.TEACHER_OUTPUT_DIR = ""
-_C.KD.REPORT = True  # write OUTPUT_DIR/kd_report.{md,json} after training
-# Log ||grad KD|| / ||grad task|| on the student backbone's parameters (torch.autograd.grad, only
-# on those iterations: one extra backward pass each) as kd/grad_ratio in metrics.json /
-# TensorBoard, every PERIOD iterations. Off by default (it costs two backward passes).
-_C.KD.LOG_GRAD_RATIO = CN()
-_C.KD.LOG_GRAD_RATIO.ENABLED = False
-_C.KD.LOG_GRAD_RATIO.PERIOD = 20
-# Per-loss options: the KD.<LOSS> nodes, one function per loss in bcd/config/kd_defaults.py
-# (torch-free, so that importing bcd.config loads no model code). Keys added to those nodes here
-# must come after this call.
-add_kd_loss_configs(_C)
+# Every KD key (the general ones and the per-loss KD.<LOSS> nodes) is declared in
+# bcd/config/kd_defaults.py (torch-free, so that importing bcd.config loads no model code).
+add_kd_config(_C)
 
 # ---------------------------------------------------------------------------------------------
 # Misc
@@ -336,7 +302,7 @@ _C.CUDNN_BENCHMARK = False
 
 # ---------------------------------------------------------------------------------------------
 # Object segmentation (salient / camouflaged objects) and SKD self-distillation (issue 12,
-# METHODS.md §3). [R] marks a reconstruction of a detail the SKD paper does not give us.
+# docs/methods.md §3). [R] marks a reconstruction of a detail the SKD paper does not give us.
 # ---------------------------------------------------------------------------------------------
 _C.INPUT.OBJECT_SEG = CN()
 # Masks are read as 8-bit grayscale; foreground = value > MASK_THRESHOLD (128 as pysodmetrics,
@@ -355,7 +321,7 @@ _C.INPUT.OBJECT_SEG.CROP_FRACTION = 0.125
 _C.INPUT.OBJECT_SEG.TEST_SIZE = [352, 352]
 
 _C.MODEL.OBJECT_SEG = CN()
-# Inference network (METHODS §3.2 [R]): 1x1 conv-BN-ReLU to CHANNELS per level, upsampled to
+# Inference network (docs/methods.md §3.2 [R]): 1x1 conv-BN-ReLU to CHANNELS per level, upsampled to
 # the finest level, concatenated, 3x3 conv-BN-ReLU, 1x1 conv to one logit.
 _C.MODEL.OBJECT_SEG.IN_FEATURES = ["res2", "res3", "res4", "res5"]
 _C.MODEL.OBJECT_SEG.CHANNELS = 64
@@ -400,44 +366,6 @@ _C.TEST.OBJECT_SEG = CN()
 # by the evaluation toolbox (pysodmetrics `normalize=True`). False: the probabilities as they are.
 _C.TEST.OBJECT_SEG.SAVE_UINT8_NORMALIZE = True
 _C.TEST.OBJECT_SEG.SAVE_PREDICTIONS = False  # write OUTPUT_DIR/.../predictions/<id>.png
-
-# ---------------------------------------------------------------------------------------------
-# APD: adaptive perspective distillation (bcd/distill/losses/apd.py; METHODS §4, exact to the
-# authors' code dvlab-research/APD tool/train.py). Losses "APD" (segmentation) and
-# "APDDetection" (extension: FPN levels of a detector, KD.APD.DET).
-# ---------------------------------------------------------------------------------------------
-_C.KD.APD = CN()
-_C.KD.APD.WEIGHT = 1.0  # scheduled scale of both entries (AP_WEIGHT / PA_WEIGHT carry the recipe)
-_C.KD.APD.STUDENT_FEATURES = ["sem_seg_head.feature"]  # decoder feature (code: x_ppm, 512 ch, 1/8)
-_C.KD.APD.TEACHER_FEATURES = ["sem_seg_head.feature"]
-# L_ap over every cell, ignore and padding included, as the code (True: valid cells only)
-_C.KD.APD.MASK = False
-_C.KD.APD.SCHEDULE = CN()
-_C.KD.APD.SCHEDULE.NAME = ""
-_C.KD.APD.SCHEDULE.WARMUP_ITERS = 0
-_C.KD.APD.SCHEDULE.STOP_ITER = 0
-_C.KD.APD.AP_WEIGHT = 10.0  # L_ap, code pred_kmeans_weight
-_C.KD.APD.PA_WEIGHT = 10.0  # L_pa, code proto_align_weight
-_C.KD.APD.KAPPA = 10.0  # cosine-logit scale, code kmeans_temp
-_C.KD.APD.NORMALIZE = True  # L2-normalise features and prototypes, code kmeans_norm
-_C.KD.APD.ADAPT_DIM = 512  # hidden width of Tr_S / Tr_T, code kmeans_adapt_dim (0 = teacher width)
-_C.KD.APD.STUDENT_ADAPTER = True  # Tr_S, code stu_trans (trained with the student)
-_C.KD.APD.TEACHER_ADAPTER = True  # Tr_T, code tea_trans (trained only by L_soft)
-# Tr_T's own Adam (code teacher_lr, betas [0.9, 0.99], no weight decay); its lr stays constant
-_C.KD.APD.TEACHER_ADAPTER_LR = 1e-5
-_C.KD.APD.TEACHER_ADAPTER_BETAS = [0.9, 0.99]
-# Where the class prototypes are pooled: "gpu_batch" (code: every image of the per-process
-# batch) or "per_image" (abstract's wording: one perspective per image, terms averaged)
-_C.KD.APD.SCOPE = "gpu_batch"
-# Detectors [R]: GT boxes assigned to FPN levels by Lin et al.'s rule k = floor(k0 + log2(s/224))
-_C.KD.APD.DET = CN()
-_C.KD.APD.DET.CANONICAL_BOX_SIZE = 224.0
-_C.KD.APD.DET.CANONICAL_LEVEL = 4
-# Pixel KD switches used by the APD recipe (bcd/distill/losses/pixel_kd.py): REDUCTION "tokens"
-# (mean over pixels, CIRKD) or "elementwise" (KLDivLoss() mean over B·K·H·W, APD); RESIZE
-# "logits" (coarser map to the finer) or "input" (both to the label size, align_corners, APD).
-_C.KD.PIXEL_KD.REDUCTION = "tokens"
-_C.KD.PIXEL_KD.RESIZE = "logits"
 
 # ---------------------------------------------------------------------------------------------
 # Issue 24: SegFormer (MiT + all-MLP decoder), ESPNet, and Mask2Former as a teacher

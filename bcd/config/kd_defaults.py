@@ -1,14 +1,16 @@
-"""The per-loss config nodes ``KD.<LOSS>``: one function per loss, no torch, no model code.
+"""The ``KD`` config node: the general keys and the per-loss nodes ``KD.<LOSS>`` (one function per
+loss), no torch, no model code.
 
-``bcd/config/defaults.py`` calls :func:`add_kd_loss_configs` on the default config, so
+``bcd/config/defaults.py`` calls :func:`add_kd_config` (the general ``KD`` keys, then
+:func:`add_kd_loss_configs`) on the default config, so
 ``get_cfg()`` is a plain copy of ``_C`` and importing ``bcd.config`` loads nothing of
 ``bcd.distill`` / ``bcd.modeling`` / ``bcd.engine`` (the layers import strictly downward, see
 docs/internals.md). The loss classes in ``bcd/distill/losses/`` read these nodes through
 ``DistillLoss.config_node(cfg)`` (``cfg.KD[<CONFIG_KEY>]``).
 
-A new loss adds its function here (or its keys to ``defaults.py``, after the call to
-:func:`add_kd_loss_configs`) and one line in :func:`add_kd_loss_configs`. The math behind the
-defaults is in docs/methods.md.
+Every ``KD`` key is declared here and nowhere else: a new loss adds its function here and one
+line in :func:`add_kd_loss_configs`; a Detectron2 project adds every KD key to its own
+``CfgNode`` with :func:`add_kd_config`. The math behind the defaults is in docs/methods.md.
 """
 from __future__ import annotations
 
@@ -18,12 +20,12 @@ from .config import CfgNode as CN
 
 __all__ = [
     "add_common_loss_config",
+    "add_kd_config",
     "add_kd_loss_configs",
     "add_temperature_config",
 ]
 
-# Backbone stages BCD concatenates at 1/8 (docs/methods.md, "BCD: hierarchical feature
-# aggregation").
+# Backbone stages BCD concatenates at 1/8 (docs/methods.md §2.3).
 _BACKBONE_LEVELS = ["backbone.res2", "backbone.res3", "backbone.res4", "backbone.res5"]
 _FPN_P3_P6 = ["backbone[p3]", "backbone[p4]", "backbone[p5]", "backbone[p6]"]
 _FPN_P3_P7 = _FPN_P3_P6 + ["backbone[p7]"]
@@ -41,7 +43,7 @@ def add_common_loss_config(
     """Add the keys every loss node has (in place) and return the node.
 
     Keys: ``WEIGHT`` (λ), ``STUDENT_FEATURES`` / ``TEACHER_FEATURES`` (module paths, see
-    ``bcd/distill/recorder.py``), ``MASK`` (the validity mask of docs/methods.md "Masks"; only for
+    ``bcd/distill/recorder.py``), ``MASK`` (the validity mask of docs/methods.md §1.2; only for
     losses that use one: ``mask=None`` declares no key), ``SCHEDULE.NAME`` (``""`` = use
     ``KD.SCHEDULE.NAME``; ``"constant"`` or ``"linear_decay"``), ``SCHEDULE.WARMUP_ITERS``,
     ``SCHEDULE.STOP_ITER`` (0 = never; the weight is 0 from that iteration on).
@@ -68,7 +70,7 @@ def add_temperature_config(node: CN, init: float = 1.0, adaptive: bool = True) -
     node.TEMPERATURE.FACTOR = 1.05
     node.TEMPERATURE.TRIGGER = "maxprob"
     node.TEMPERATURE.THRESHOLD = 0.5
-    # Hinton / Phuong & Lampert convention (docs/methods.md, "BCD: temperature").
+    # Hinton / Phuong & Lampert convention (docs/methods.md §2.7).
     node.TAU_SQUARED = True
 
 
@@ -145,7 +147,40 @@ def add_pixel_kd_config(cfg: CN) -> None:
     """``KD.PIXEL_KD``: per-pixel logit KD (CIRKD defaults τ = 1, λ = 1)."""
     node = add_common_loss_config(CN(), 1.0, ["sem_seg_head.predictor"], ["sem_seg_head.predictor"])
     node.TEMPERATURE = 1.0
+    # The APD recipe's switches (bcd/distill/losses/pixel_kd.py): REDUCTION "tokens" (mean over
+    # pixels, CIRKD) or "elementwise" (KLDivLoss() mean over B·K·H·W, APD); RESIZE "logits"
+    # (coarser map to the finer) or "input" (both to the label size, align_corners, APD).
+    node.REDUCTION = "tokens"
+    node.RESIZE = "logits"
     cfg.KD.PIXEL_KD = node
+
+
+def add_apd_config(cfg: CN) -> None:
+    """``KD.APD``: adaptive perspective distillation (bcd/distill/losses/apd.py; exact to the
+    authors' code dvlab-research/APD tool/train.py). Losses "APD" (segmentation) and
+    "APDDetection" (extension: FPN levels of a detector, ``KD.APD.DET``)."""
+    # WEIGHT: the scheduled scale of both entries (AP_WEIGHT / PA_WEIGHT carry the recipe); the
+    # decoder feature (code: x_ppm, 512 ch, 1/8); MASK False: L_ap over every cell, ignore and
+    # padding included, as the code (True: valid cells only).
+    node = add_common_loss_config(CN(), 1.0, ["sem_seg_head.feature"], ["sem_seg_head.feature"], mask=False)
+    node.AP_WEIGHT = 10.0  # L_ap, code pred_kmeans_weight
+    node.PA_WEIGHT = 10.0  # L_pa, code proto_align_weight
+    node.KAPPA = 10.0  # cosine-logit scale, code kmeans_temp
+    node.NORMALIZE = True  # L2-normalise features and prototypes, code kmeans_norm
+    node.ADAPT_DIM = 512  # hidden width of Tr_S / Tr_T, code kmeans_adapt_dim (0 = teacher width)
+    node.STUDENT_ADAPTER = True  # Tr_S, code stu_trans (trained with the student)
+    node.TEACHER_ADAPTER = True  # Tr_T, code tea_trans (trained only by L_soft)
+    # Tr_T's own Adam (code teacher_lr, betas [0.9, 0.99], no weight decay); its lr stays constant
+    node.TEACHER_ADAPTER_LR = 1e-5
+    node.TEACHER_ADAPTER_BETAS = [0.9, 0.99]
+    # Where the class prototypes are pooled: "gpu_batch" (code: every image of the per-process
+    # batch) or "per_image" (abstract's wording: one perspective per image, terms averaged)
+    node.SCOPE = "gpu_batch"
+    # Detectors [R]: GT boxes assigned to FPN levels by Lin et al.'s rule k = floor(k0 + log2(s/224))
+    node.DET = CN()
+    node.DET.CANONICAL_BOX_SIZE = 224.0
+    node.DET.CANONICAL_LEVEL = 4
+    cfg.KD.APD = node
 
 
 def add_cwd_config(cfg: CN) -> None:
@@ -227,6 +262,7 @@ def add_kd_loss_configs(cfg: CN) -> None:
     add_boundary_config(cfg)
     add_context_config(cfg)
     add_pixel_kd_config(cfg)
+    add_apd_config(cfg)
     add_cwd_config(cfg)
     add_fitnet_config(cfg)
     add_structured_kd_config(cfg)
@@ -234,3 +270,44 @@ def add_kd_loss_configs(cfg: CN) -> None:
     add_pkd_config(cfg)
     add_fgd_config(cfg)
     add_ld_config(cfg)
+
+
+def add_kd_config(cfg: CN) -> None:
+    """Declare the whole ``KD`` node on ``cfg``: the general keys (``LOSSES``, ``TEACHER``,
+    ``LR_MULTIPLIER``, ``CONNECTOR``, ``SCHEDULE``, ``SHAPE_PROBE_SIZE``, report and logging keys)
+    and every ``KD.<LOSS>`` node (:func:`add_kd_loss_configs`). ``defaults.py`` calls it on ``_C``;
+    a Detectron2 project calls it on its own ``CfgNode`` to get every KD key."""
+    cfg.KD = CN()
+    # Names of KD_LOSS_REGISTRY entries to turn on, e.g. ["BoundaryDistillation", "ContextDistillation"]
+    cfg.KD.LOSSES = []
+    cfg.KD.TEACHER = CN()
+    cfg.KD.TEACHER.CONFIG_FILE = ""  # the teacher's own config (a student-style config)
+    cfg.KD.TEACHER.WEIGHTS = ""  # the trained teacher's checkpoint (required when KD.LOSSES is set)
+    cfg.KD.TEACHER.OPTS = []  # overrides of the teacher config, KEY VALUE pairs
+    cfg.KD.EVAL_TEACHER = False  # evaluate the teacher before training and put it in kd_report
+    # LR multiplier of every trainable KD module (connectors, HFA, boundary heads, projectors):
+    # the Distiller exposes lr_multipliers = {"kd_modules": KD.LR_MULTIPLIER} (docs/methods.md §2.8: x10).
+    cfg.KD.LR_MULTIPLIER = 10.0
+    # Connectors created from the recorded shapes (student -> teacher channels / size).
+    cfg.KD.CONNECTOR = CN()
+    cfg.KD.CONNECTOR.NORM = "BN"  # norm after the 1x1 conv: "", "BN", "SyncBN", "GN"
+    cfg.KD.CONNECTOR.SPATIAL = "interpolate"  # "interpolate" (bilinear) or "pool" (avg when larger)
+    # Default weight schedule of every loss whose KD.<LOSS>.SCHEDULE.NAME is "".
+    cfg.KD.SCHEDULE = CN()
+    cfg.KD.SCHEDULE.NAME = "constant"  # "constant" or "linear_decay" (BCD Eq. 7: 1 - it/max_iter)
+    cfg.KD.SCHEDULE.WARMUP_ITERS = 0  # linear warm-up of the weight (0 = none)
+    cfg.KD.SCHEDULE.STOP_ITER = 0  # weight is 0 from this iteration on (0 = never)
+    # (h, w) of the dummy batch of the dry-run forward that records feature shapes at build time.
+    cfg.KD.SHAPE_PROBE_SIZE = [128, 128]
+    # kd_report: OUTPUT_DIR of the same student trained without KD ("" = no baseline column), and
+    # of the teacher's run ("" = the folder of KD.TEACHER.WEIGHTS); their metrics.json are read.
+    cfg.KD.BASELINE_OUTPUT_DIR = ""
+    cfg.KD.TEACHER_OUTPUT_DIR = ""
+    cfg.KD.REPORT = True  # write OUTPUT_DIR/kd_report.{md,json} after training
+    # Log ||grad KD|| / ||grad task|| on the student backbone's parameters (torch.autograd.grad, only
+    # on those iterations: one extra backward pass each) as kd/grad_ratio in metrics.json /
+    # TensorBoard, every PERIOD iterations. Off by default (it costs two backward passes).
+    cfg.KD.LOG_GRAD_RATIO = CN()
+    cfg.KD.LOG_GRAD_RATIO.ENABLED = False
+    cfg.KD.LOG_GRAD_RATIO.PERIOD = 20
+    add_kd_loss_configs(cfg)

@@ -13,7 +13,10 @@ Built by ``build_model(cfg)`` when ``cfg.KD.LOSSES`` is not empty:
   parameters have ``requires_grad=False`` and it runs under ``torch.no_grad()``.
 * ``kd_modules``: ``nn.ModuleDict`` of the losses (with their connectors / heads) plus
   ``kd_modules.shared`` (modules used by several losses). ``lr_multipliers`` =
-  ``{"kd_modules": KD.LR_MULTIPLIER}``.
+  ``{"kd_modules": KD.LR_MULTIPLIER}`` and the student's own rules prefixed with ``student.``
+  (e.g. an ``ObjectSegmentor``'s backbone ×0.1); ``SOLVER.LR_MULTIPLIERS`` name the student's
+  parameters, without the prefix. ``extra_optimizers()``: the optimizers the losses
+  declare for some of their parameters (APD's teacher adapter), built by the trainer.
 * Buffers ``kd_iteration`` (the iteration the schedules read: the trainer's, taken from the open
   ``EventStorage`` at each training forward, saved for ``--resume``) and the temperature
   controllers inside the losses.
@@ -200,7 +203,12 @@ class Distiller(nn.Module):
             cls.NAME: build_weight_schedule(cls.config_node(cfg), cfg.KD.SCHEDULE, cfg.SOLVER.MAX_ITER)
             for cls in loss_classes.values()
         }
-        self.lr_multipliers = {"kd_modules": float(cfg.KD.LR_MULTIPLIER)}
+        # The KD modules' rule, then the student's own (ObjectSegmentor: backbone x0.1), prefixed
+        # with its name here; SOLVER.LR_MULTIPLIERS name the student's parameters and the solver
+        # prefixes them (bcd/solver/build.py).
+        self.lr_multipliers: Dict[str, float] = {"kd_modules": float(cfg.KD.LR_MULTIPLIER)}
+        self.lr_multipliers.update({f"student.{k}": float(v) for k, v in
+                                    (getattr(self.student, "lr_multipliers", None) or {}).items()})
         self.register_buffer("kd_iteration", torch.tensor(0, dtype=torch.int64))
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
         self.ignore_value = int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
@@ -244,6 +252,12 @@ class Distiller(nn.Module):
     def deploy_model(self) -> nn.Module:
         """The student alone (``model_final.pth`` and export)."""
         return self.student
+
+    def extra_optimizers(self) -> Dict[str, Any]:
+        """``{"<loss NAME>.<name>": bcd.solver.OptimizerSpec}``: the optimizers the losses declare
+        for some of their parameters (APD's ``"apd.teacher_adapter"``); the trainer builds them."""
+        return {f"{name}.{k}": spec for name, loss in self.kd_losses.items()
+                for k, spec in loss.extra_optimizers().items()}
 
     @property
     def kd_losses(self) -> Dict[str, DistillLoss]:

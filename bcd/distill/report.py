@@ -4,10 +4,11 @@
   holding evaluation keys wins): the teacher's run folder (``KD.TEACHER_OUTPUT_DIR``, else the
   folder of ``KD.TEACHER.WEIGHTS``), the baseline student's (``KD.BASELINE_OUTPUT_DIR``, optional)
   and the distilled student's (``OUTPUT_DIR``, or results handed in by the caller).
-* Params: fvcore ``parameter_count``; FLOPs: fvcore ``FlopCountAnalysis`` of ``extract`` on one
-  ``3×H×W`` input of the test size (``INPUT.CROP.SIZE``), counted as fvcore does (one fused
-  multiply-add = 1 flop). The KD modules (connectors, HFA, heads) are counted separately: they
-  are not part of the exported student.
+* Params: fvcore ``parameter_count``; FLOPs: ``bcd.utils.analysis.count_flops``, the
+  test-time forward of one ``3×H×W`` input of the test size (``INPUT.CROP.SIZE``), in the unit
+  of every FLOP count of ``bcd`` (a multiply-add = 2 FLOPs; fvcore counts it as 1). The KD
+  modules (connectors, HFA, heads) are counted separately: they are not part of the exported
+  student.
 """
 from __future__ import annotations
 
@@ -155,7 +156,7 @@ def write_kd_report(
     if rep["gain"]:
         md.append("Gain of distillation (KD − no KD): " + ", ".join(
             f"{k} {v:+.2f}" for k, v in rep["gain"].items()))
-    md.append(f"\nFLOPs (fvcore, multiply-adds) of one {size[0]}×{size[1]} input.")
+    md.append(f"\nFLOPs of one {size[0]}×{size[1]} input, test-time forward; a multiply-add counts 2.")
     pictures = write_kd_pictures(cfg, distiller, out_dir)
     rep["pictures"] = pictures
     if "curves" in pictures:

@@ -104,14 +104,16 @@ def atomic_torch_save(obj: Any, path: str) -> None:
 
 
 def _load_optimizer_keeping_hyperparameters(
-    optimizer: torch.optim.Optimizer, state: Dict[str, Any], path: str
+    optimizer: torch.optim.Optimizer, state: Dict[str, Any], path: str, name: str = "optimizer"
 ) -> None:
     """Restore the optimizer's per-parameter state (momentum buffers, Adam moments) from
     ``state`` but keep the hyper-parameters of its groups (``lr``, ``initial_lr``,
     ``weight_decay``, ``momentum``, ``betas`` ...) as built from the current config: on
     ``--resume`` the config's values take effect (torch's ``load_state_dict`` would restore the
-    checkpoint's). Differences are logged; the LR of the current iteration is set afterwards
-    by the scheduler's ``load_state_dict``.
+    checkpoint's). The one mechanism for every optimizer of a run (the main one and the extra
+    ones, ``optimizer.<name>``). Differences are logged, naming the optimizer (``name``); LR
+    changes are logged by ``ConfigRecord`` as the config keys that set them, and the main LR of
+    the current iteration is set afterwards by the scheduler's ``load_state_dict``.
     """
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     optimizer.load_state_dict(state)
@@ -124,7 +126,7 @@ def _load_optimizer_keeping_hyperparameters(
             group[k] = v
     if changed:
         logger.warning(
-            f"Resuming from {path}: optimizer hyper-parameters differ from the checkpoint's; the "
+            f"Resuming from {path}: hyper-parameters of '{name}' differ from the checkpoint's; the "
             f"config's values are used: {'; '.join(changed[:10])}"
         )
 
@@ -271,14 +273,15 @@ class Checkpointer(_FvCheckpointer):
         self._loading_path = path
         names = list(self.checkpointables) if checkpointables is None else list(checkpointables)
         checkpoint = super().load(path, checkpointables=[])  # the model only
-        for key in names:  # in registration order: optimizer before scheduler
+        for key in names:  # in registration order: optimizers before the scheduler
             if key not in checkpoint:
+                logger.warning(f"{path} holds no state for '{key}'; it starts afresh")
                 continue
             obj = self.checkpointables[key]
             state = checkpoint.pop(key)
             self.logger.info(f"Loading {key} from {path} ...")
             if isinstance(obj, torch.optim.Optimizer):
-                _load_optimizer_keeping_hyperparameters(obj, state, path)
+                _load_optimizer_keeping_hyperparameters(obj, state, path, key)
             else:
                 obj.load_state_dict(state)
         return checkpoint

@@ -167,18 +167,8 @@ def create_ddp_model(
         kwargs["forward_sync_buffers"] = broadcast_buffers
     else:
         kwargs["broadcast_buffers"] = broadcast_buffers
-    from ..solver import separately_optimized_parameter_names
-
-    # Parameters a submodule steps with its own optimizer (APD's teacher adapter) get no
-    # gradient from the main backward: DDP ignores them, so they are broadcast from rank 0 here
-    # (DDP does that for the others) and their module all-reduces their gradients itself.
-    own = separately_optimized_parameter_names(model)
-    if own:
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, own)
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for n in own:
-                torch.distributed.broadcast(params[n].data, src=0)
+    # The parameters of extra optimizers (APD's teacher adapter) are DDP's like the others: the
+    # trainer's one backward pass reaches them, and DDP averages their gradients.
     return DistributedDataParallel(
         model, find_unused_parameters=find_unused_parameters, **kwargs
     )
@@ -235,6 +225,8 @@ class DefaultTrainer(TrainerBase):
         data_loader = self.build_train_loader(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
+        # optimizers the model declares for some of its parameters (bcd.solver.OptimizerSpec)
+        extra_optimizers = self.build_extra_optimizers(cfg, model)
         model = create_ddp_model(
             model, broadcast_buffers=False,
             find_unused_parameters=self.DDP_FIND_UNUSED_PARAMETERS,
@@ -244,12 +236,17 @@ class DefaultTrainer(TrainerBase):
 
         clipper = build_gradient_clipper(cfg)
         if cfg.SOLVER.AMP.ENABLED:
-            self._trainer: SimpleTrainer = AMPTrainer(model, data_loader, optimizer, clipper)
+            self._trainer: SimpleTrainer = AMPTrainer(
+                model, data_loader, optimizer, clipper, extra_optimizers=extra_optimizers)
         else:
-            self._trainer = SimpleTrainer(model, data_loader, optimizer, clipper)
+            self._trainer = SimpleTrainer(model, data_loader, optimizer, clipper, extra_optimizers)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
 
-        checkpointables: Dict[str, Any] = {"optimizer": optimizer, "scheduler": self.scheduler}
+        # Every optimizer is a checkpointable; on --resume each keeps its moments and takes the
+        # config's hyper-parameters (Checkpointer.load). The extra ones have constant LRs.
+        checkpointables: Dict[str, Any] = {"optimizer": optimizer}
+        checkpointables.update({f"optimizer.{n}": e.optimizer for n, e in extra_optimizers.items()})
+        checkpointables["scheduler"] = self.scheduler
         if isinstance(self._trainer, AMPTrainer):
             checkpointables["grad_scaler"] = self._trainer.grad_scaler
         # --resume: the config's schedule and optimizer values are used; those that differ from
@@ -269,7 +266,13 @@ class DefaultTrainer(TrainerBase):
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
+        """The main optimizer (the model's parameters but those of ``extra_optimizers``)."""
         return self._trainer.optimizer
+
+    @property
+    def extra_optimizers(self):
+        """``{name: ExtraOptimizer}``: the optimizers the model declares (``bcd.solver``)."""
+        return self._trainer.extra_optimizers
 
     @property
     def data_loader(self):
@@ -392,10 +395,19 @@ class DefaultTrainer(TrainerBase):
 
     @classmethod
     def build_optimizer(cls, cfg, model: nn.Module) -> torch.optim.Optimizer:
-        """``bcd.solver.build_optimizer`` (param groups, LR multipliers)."""
+        """``bcd.solver.build_optimizer`` (param groups, LR multipliers; the parameters of the
+        model's extra optimizers left out)."""
         from ..solver import build_optimizer
 
         return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_extra_optimizers(cls, cfg, model: nn.Module):
+        """``bcd.solver.build_extra_optimizers``: one optimizer per ``OptimizerSpec`` the model
+        declares (``model.extra_optimizers()``; the Distiller's come from its losses)."""
+        from ..solver import build_extra_optimizers
+
+        return build_extra_optimizers(cfg, model)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer: torch.optim.Optimizer):

@@ -8,6 +8,12 @@ every entry whose key starts with ``"loss"`` is summed; every entry is checked f
 before the backward pass, so a non-finite loss raises ``FloatingPointError`` (naming the entry
 and the iteration) before any parameter changes; so does a non-finite model buffer (BatchNorm
 running statistics updated by that forward pass), naming the buffer.
+
+The trainer owns every optimizer: the main one and the model's extra optimizers
+(``bcd.solver.OptimizerSpec``, e.g. APD's teacher adapter), each minimising its own entries of
+the loss dict. One backward pass differentiates the sum of all objectives (so DDP averages every
+gradient over the processes); each objective must reach its own parameters only, which the
+trainer checks at every step.
 """
 from __future__ import annotations
 
@@ -22,13 +28,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..solver.build import ExtraOptimizer
 from ..utils import comm
 from ..utils.events import EventStorage, get_event_storage
 from .checkpoint import nonfinite_tensors
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HookBase", "TrainerBase", "SimpleTrainer", "AMPTrainer", "unwrap_model"]
+__all__ = ["HookBase", "TrainerBase", "SimpleTrainer", "AMPTrainer", "extra_objectives", "unwrap_model"]
 
 # Loss-dict keys the storage keeps unsmoothed (see SimpleTrainer.check_and_log).
 UNSMOOTHED_PREFIXES = ("loss_kd_", "kd/")
@@ -177,16 +184,47 @@ def _as_loss_dict(outputs: Any) -> Dict[str, torch.Tensor]:
     return dict(outputs)
 
 
+def extra_objectives(
+    loss_dict: Mapping[str, torch.Tensor], extra_optimizers: Mapping[str, ExtraOptimizer]
+) -> Dict[str, torch.Tensor]:
+    """``{name: sum of its objective entries}`` of the extra optimizers (those with a graph):
+    what the step's backward pass adds to the main objective for them.
+
+    Raises:
+        KeyError: an objective entry missing from the loss dict, naming the optimizer.
+    """
+    out: Dict[str, torch.Tensor] = {}
+    for name, e in extra_optimizers.items():
+        missing = [k for k in e.objective if k not in loss_dict]
+        if missing:
+            raise KeyError(
+                f"Optimizer '{name}' minimises the loss entries {list(e.objective)}, but the "
+                f"model's loss dict has no {missing} (keys: {sorted(loss_dict)})"
+            )
+        terms = [loss_dict[k] for k in e.objective
+                 if isinstance(loss_dict[k], torch.Tensor) and loss_dict[k].requires_grad]
+        if terms:
+            out[name] = sum(terms[1:], terms[0])
+    return out
+
+
 class SimpleTrainer(TrainerBase):
     """One optimisation step per iteration: load a batch, forward, check, backward, step.
 
     Args:
         model: in training mode, ``model(batch)`` returns ``{name: scalar tensor}``; entries
             whose key starts with ``"loss"`` are summed into the training objective; other
-            entries (e.g. accuracies) are only logged.
+            entries (e.g. accuracies) are only logged, or are the objective of an extra optimizer.
         data_loader: an iterable yielding batches (lists of input dicts) forever.
-        optimizer: a torch optimizer over the model's trainable parameters.
-        grad_clipper: optional function clipping the gradients of a list of parameters in place.
+        optimizer: a torch optimizer over the model's trainable parameters (those of the extra
+            optimizers excepted).
+        grad_clipper: optional function clipping the gradients of a list of parameters in place
+            (the main optimizer's).
+        extra_optimizers: ``{name: ExtraOptimizer(optimizer, objective keys)}``
+            (``bcd.solver.build_extra_optimizers``): each is stepped after the main one on the
+            gradient of the sum of its loss-dict entries, except at an iteration where these are 0
+            on every process (nothing to fit: an Adam step on a zero gradient would still move the
+            weights by its moments).
     """
 
     def __init__(
@@ -195,6 +233,7 @@ class SimpleTrainer(TrainerBase):
         data_loader: Iterable,
         optimizer: torch.optim.Optimizer,
         grad_clipper: Optional[Callable[[List[torch.Tensor]], Any]] = None,
+        extra_optimizers: Optional[Mapping[str, ExtraOptimizer]] = None,
     ) -> None:
         super().__init__()
         model.train()
@@ -202,6 +241,7 @@ class SimpleTrainer(TrainerBase):
         self.data_loader = data_loader
         self.optimizer = optimizer
         self.grad_clipper = grad_clipper
+        self.extra_optimizers: Dict[str, ExtraOptimizer] = dict(extra_optimizers or {})
         self._data_loader_iter_obj = None
 
     @property
@@ -223,13 +263,68 @@ class SimpleTrainer(TrainerBase):
 
         loss_dict = _as_loss_dict(self.model(data))
         losses = self._total_loss(loss_dict)
-        self.check_and_log(loss_dict, data_time)
+        extra = self._extra_objectives(loss_dict)
+        gathered = self.check_and_log(loss_dict, data_time)
+        self._check_objectives_apart(losses, extra)
 
-        self.optimizer.zero_grad(set_to_none=True)
-        losses.backward()
+        self._zero_grad()
+        sum(extra.values(), losses).backward()
         if self.grad_clipper is not None:
             self.grad_clipper(self._trainable_params())
         self.optimizer.step()
+        for name in self._extra_to_step(gathered):
+            self.extra_optimizers[name].optimizer.step()
+
+    # ------------------------------------------------------------------ extra optimizers
+    def _zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        for e in self.extra_optimizers.values():
+            e.optimizer.zero_grad(set_to_none=True)
+
+    def _extra_objectives(self, loss_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return extra_objectives(loss_dict, self.extra_optimizers)
+
+    def _check_objectives_apart(self, losses: torch.Tensor, extra: Mapping[str, torch.Tensor]) -> None:
+        """Each objective reaches its own parameters only (one backward pass sums them all).
+
+        ``torch.autograd.grad(..., allow_unused=True)`` from each objective to the others'
+        parameters: with the graphs apart nothing runs (the graph walk alone is the cost).
+
+        Raises:
+            RuntimeError: naming the objective and the parameters it should not reach.
+        """
+        if not extra:
+            return
+        groups = {"the main optimizer": self._trainable_params()}
+        groups.update({f"optimizer '{n}'": [p for g in e.optimizer.param_groups for p in g["params"]]
+                       for n, e in self.extra_optimizers.items()})
+        objectives = {"the main objective (the 'loss*' entries)": ("the main optimizer", losses)}
+        objectives.update({f"the objective of optimizer '{n}' ({list(self.extra_optimizers[n].objective)})":
+                           (f"optimizer '{n}'", v) for n, v in extra.items()})
+        for what, (own, value) in objectives.items():
+            if not value.requires_grad:
+                continue
+            for other, params in groups.items():
+                if other == own or not params:
+                    continue
+                grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+                reached = [p for p, g in zip(params, grads) if g is not None]
+                if reached:
+                    names = {id(p): n for n, p in unwrap_model(self.model).named_parameters()}
+                    shown = [names.get(id(p), "?") for p in reached[:3]]
+                    raise RuntimeError(
+                        f"At iteration {self.iter}, {what} reaches {len(reached)} parameters of "
+                        f"{other} ({', '.join(shown)}{' ...' if len(reached) > 3 else ''}): every "
+                        "objective must reach its own parameters only; detach what it takes from "
+                        "the others"
+                    )
+
+    def _extra_to_step(self, gathered: List[Dict[str, Any]]) -> List[str]:
+        """The extra optimizers whose objective is non-zero on some process this iteration."""
+        return [
+            name for name, e in self.extra_optimizers.items()
+            if any(m["metrics"].get(k, 0.0) != 0.0 for m in gathered for k in e.objective)
+        ]
 
     @staticmethod
     def _total_loss(loss_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -241,11 +336,14 @@ class SimpleTrainer(TrainerBase):
             )
         return sum(terms[1:], terms[0])
 
-    def check_and_log(self, loss_dict: Dict[str, torch.Tensor], data_time: float) -> None:
+    def check_and_log(self, loss_dict: Dict[str, torch.Tensor], data_time: float) -> List[Dict[str, Any]]:
         """Gather the scalars of every process, raise on a non-finite one, put them in storage.
 
         Every process gets every process's values (one all-gather), so all raise together and
         none waits forever in the backward pass of DDP.
+
+        Returns:
+            Per process ``{"metrics": {key: float}, "data_time", "bad_buffers"}`` (rank order).
 
         Raises:
             FloatingPointError: naming the non-finite entries, the iteration and the ranks.
@@ -305,12 +403,17 @@ class SimpleTrainer(TrainerBase):
             # loss_kd_<x> = kd/<x>/raw × kd/<loss>/weight (the median of a product is not the
             # product of medians, and a latest-value weight beside median losses misleads).
             storage.put_scalar(k, v, smoothing_hint=not k.startswith(UNSMOOTHED_PREFIXES))
+        return all_metrics
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict()}
+        state.update({f"optimizer.{n}": e.optimizer.state_dict() for n, e in self.extra_optimizers.items()})
+        return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(state_dict["optimizer"])
+        for n, e in self.extra_optimizers.items():
+            e.optimizer.load_state_dict(state_dict[f"optimizer.{n}"])
 
 
 class AMPTrainer(SimpleTrainer):
@@ -328,8 +431,9 @@ class AMPTrainer(SimpleTrainer):
         grad_clipper: Optional[Callable[[List[torch.Tensor]], Any]] = None,
         device_type: Optional[str] = None,
         precision: Optional[torch.dtype] = None,
+        extra_optimizers: Optional[Mapping[str, ExtraOptimizer]] = None,
     ) -> None:
-        super().__init__(model, data_loader, optimizer, grad_clipper)
+        super().__init__(model, data_loader, optimizer, grad_clipper, extra_optimizers)
         if device_type is None:
             device_type = next(unwrap_model(model).parameters()).device.type
         self.device_type = device_type
@@ -348,14 +452,18 @@ class AMPTrainer(SimpleTrainer):
         with torch.autocast(device_type=self.device_type, dtype=self.precision):
             loss_dict = _as_loss_dict(self.model(data))
             losses = self._total_loss(loss_dict)
-        self.check_and_log(loss_dict, data_time)
+            extra = self._extra_objectives(loss_dict)
+        gathered = self.check_and_log(loss_dict, data_time)
+        self._check_objectives_apart(losses, extra)
 
-        self.optimizer.zero_grad(set_to_none=True)
-        self.grad_scaler.scale(losses).backward()
+        self._zero_grad()
+        self.grad_scaler.scale(sum(extra.values(), losses)).backward()
         if self.grad_clipper is not None:
             self.grad_scaler.unscale_(self.optimizer)  # clip the true gradients
             self.grad_clipper(self._trainable_params())
         self.grad_scaler.step(self.optimizer)
+        for name in self._extra_to_step(gathered):
+            self.grad_scaler.step(self.extra_optimizers[name].optimizer)  # unscales, skips on inf
         self.grad_scaler.update()
 
     def state_dict(self) -> Dict[str, Any]:

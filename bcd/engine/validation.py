@@ -8,8 +8,9 @@ a trainer directly). It
 1. registers ``DATASETS.CUSTOM`` and runs every dataset's own check (``register_from_config``:
    folders exist, COCO json files are valid and complete for evaluation);
 2. checks the model's class count against the class list in each dataset's metadata
-   (``stuff_classes`` / ``thing_classes``), through ``CLASS_COUNT_KEYS``: one entry per
-   meta-architecture naming the config key of its class count;
+   (``stuff_classes`` / ``thing_classes``), through the meta-architecture's ``CLASS_COUNT``
+   (``bcd.modeling.meta_arch.ClassCountKey``: the config key of its class count, declared once
+   on the class);
 3. for models with an ignore value, checks it against each dataset's ``ignore_label``;
 4. reads the first image of each custom dataset with ``INPUT.INTENSITY_SCALING`` (a
    high-bit-depth dataset without a scaling rule is refused, naming the file and its mode);
@@ -19,68 +20,20 @@ a trainer directly). It
    ``DATASETS.TEST`` can return (``check_best_checkpoint_metric``).
 
 Every failure is a ``ValueError`` naming the config key, the dataset and both values, raised
-before any model is built. A meta-architecture without an entry in ``CLASS_COUNT_KEYS`` is not
-checked (a warning names the table); a new meta-architecture adds its entry with
-``register_class_count_key``.
+before any model is built. A meta-architecture without ``CLASS_COUNT`` is not checked (a
+warning says so); a new meta-architecture declares it as a class attribute.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Dict, Iterable, List, Sequence
+from typing import Iterable, List, Sequence
 
 from ..data.catalog import MetadataCatalog
+from ..modeling.meta_arch import ClassCountKey, class_count_key
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClassCountKey", "CLASS_COUNT_KEYS", "register_class_count_key", "validate_run"]
-
-
-@dataclass(frozen=True)
-class ClassCountKey:
-    """How a meta-architecture's class count is configured.
-
-    Attributes:
-        num_classes_key: dotted config key of the class count (``"MODEL.RETINANET.NUM_CLASSES"``);
-            ``""`` for a model whose class count is fixed (nothing to check).
-        metadata_field: the metadata field listing the dataset's classes (``"stuff_classes"`` for
-            semantic segmentation, ``"thing_classes"`` for detection / instances).
-        ignore_value_key: dotted config key of the label value the model ignores, checked against
-            the metadata's ``ignore_label``; ``""`` when the model has none.
-    """
-
-    num_classes_key: str
-    metadata_field: str
-    ignore_value_key: str = ""
-
-
-# META_ARCHITECTURE name -> its keys. Extend with register_class_count_key (a new detector or
-# instance-segmentation meta-architecture registers itself here).
-CLASS_COUNT_KEYS: Dict[str, ClassCountKey] = {
-    "SemanticSegmentor": ClassCountKey(
-        "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "stuff_classes", "MODEL.SEM_SEG_HEAD.IGNORE_VALUE"
-    ),
-    "RetinaNet": ClassCountKey("MODEL.RETINANET.NUM_CLASSES", "thing_classes"),
-    "GFL": ClassCountKey("MODEL.GFL.NUM_CLASSES", "thing_classes"),
-    "CascadeMaskRCNN": ClassCountKey("MODEL.ROI_HEADS.NUM_CLASSES", "thing_classes"),
-    "MaskRCNN": ClassCountKey("MODEL.ROI_HEADS.NUM_CLASSES", "thing_classes"),
-    # salient / camouflaged object segmentation: one foreground class, nothing to configure
-    "ObjectSegmentor": ClassCountKey("", "thing_classes"),
-}
-
-
-def register_class_count_key(
-    meta_arch: str, num_classes_key: str, metadata_field: str, ignore_value_key: str = ""
-) -> None:
-    """Declare where ``meta_arch`` keeps its class count (see ``ClassCountKey``)."""
-    CLASS_COUNT_KEYS[meta_arch] = ClassCountKey(num_classes_key, metadata_field, ignore_value_key)
-
-
-def _get_key(cfg, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+__all__ = ["check_class_counts", "validate_run"]
 
 
 def _custom_entry_key(cfg, dataset: str, key: str) -> str:
@@ -101,17 +54,17 @@ def check_class_counts(cfg, dataset_names: Sequence[str]) -> None:
     skipped with a note in the log.
     """
     arch = cfg.MODEL.META_ARCHITECTURE
-    spec = CLASS_COUNT_KEYS.get(arch)
+    spec = class_count_key(arch)
     if spec is None:
         logger.warning(
-            f"MODEL.META_ARCHITECTURE '{arch}' has no entry in bcd.engine.validation."
-            f"CLASS_COUNT_KEYS: its class count is not checked against the datasets "
-            f"(add one with register_class_count_key)"
+            f"MODEL.META_ARCHITECTURE '{arch}' declares no CLASS_COUNT (a "
+            f"bcd.modeling.meta_arch.ClassCountKey class attribute): its class count is not "
+            f"checked against the datasets"
         )
         return
     if not spec.num_classes_key:
         return
-    num_classes = int(_get_key(cfg, spec.num_classes_key))
+    num_classes = spec.num_classes(cfg)
     for name in dataset_names:
         meta = MetadataCatalog.get(name)
         classes = getattr(meta, spec.metadata_field, None)
@@ -129,7 +82,7 @@ def check_class_counts(cfg, dataset_names: Sequence[str]) -> None:
             )
         if spec.ignore_value_key:
             ignore_label = getattr(meta, "ignore_label", None)
-            ignore_value = int(_get_key(cfg, spec.ignore_value_key))
+            ignore_value = int(ClassCountKey.read(cfg, spec.ignore_value_key))
             if ignore_label is not None and int(ignore_label) != ignore_value:
                 raise ValueError(
                     f"Dataset '{name}' marks ignored pixels with {int(ignore_label)} "

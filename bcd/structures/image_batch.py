@@ -33,6 +33,59 @@ class ImageBatch:
     def __len__(self) -> int:
         return self.tensor.shape[0]
 
+    @classmethod
+    def from_inputs(
+        cls,
+        batched_inputs: Sequence[dict],
+        pixel_mean: Tensor,
+        pixel_std: Tensor,
+        size_divisibility: int = 0,
+        ignore_value: int = 255,
+        strict_labels: bool = False,
+    ) -> "ImageBatch":
+        """The batch of mapper dicts every meta-architecture's ``preprocess`` returns: the one
+        place that normalises, pads and batches (Detectron2's ``preprocess_image`` +
+        ``ImageList.from_tensors``).
+
+        * ``image`` (``3×h×w``, any dtype): ``(x − pixel_mean) / pixel_std`` in float on the
+          device of ``pixel_mean``, zero-padded bottom / right to a common size that is a multiple
+          of ``size_divisibility``;
+        * ``sem_seg`` (``h×w``), when every input has one and each is the size of its image:
+          padded with ``ignore_value`` the same way, int64. A label of another size than its image
+          is an error with ``strict_labels`` (training), else left out (the test mappers keep
+          labels at the original size while the image may be resized);
+        * ``instances``, when every input has them: moved to that device.
+
+        Args:
+            pixel_mean, pixel_std: ``3×1×1`` (``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``).
+
+        Raises:
+            ValueError: with ``strict_labels``, naming the input (``file_name``) and both sizes.
+        """
+        device = pixel_mean.device
+        images = [(x["image"].to(device, non_blocking=True).float() - pixel_mean) / pixel_std
+                  for x in batched_inputs]
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        tensor = pad_to_divisible(images, size_divisibility, 0.0)
+        sem_seg = None
+        if batched_inputs and all("sem_seg" in x for x in batched_inputs):
+            mismatch = [(x.get("file_name", i), tuple(x["sem_seg"].shape[-2:]), sizes[i])
+                        for i, x in enumerate(batched_inputs) if tuple(x["sem_seg"].shape[-2:]) != sizes[i]]
+            if not mismatch:
+                labels = [x["sem_seg"].to(device, non_blocking=True).long() for x in batched_inputs]
+                sem_seg = pad_to_divisible(labels, size_divisibility, ignore_value)
+            elif strict_labels:
+                name, label_size, image_size = mismatch[0]
+                raise ValueError(
+                    f"Training input '{name}': sem_seg of size {label_size} does not match its "
+                    f"image {image_size}"
+                )
+        instances = None
+        if batched_inputs and all("instances" in x for x in batched_inputs):
+            instances = [x["instances"].to(device) for x in batched_inputs]
+        return cls(tensor=tensor, image_sizes=sizes, sem_seg=sem_seg, instances=instances,
+                   inputs=list(batched_inputs))
+
     @property
     def device(self) -> torch.device:
         return self.tensor.device
@@ -46,7 +99,7 @@ class ImageBatch:
         With ``size`` the mask is given on an ``h×w`` grid covering the padded tensor (a feature
         map of stride ``H/h``): a cell is inside when its top-left pixel is inside the image, and
         its label is the nearest-downsampled one. This is the one validity mask of ``bcd``
-        (docs/methods.md, "Masks"); the distillation context caches it per step.
+        (docs/methods.md §1.2); the distillation context caches it per step.
         """
         B, _, H, W = self.tensor.shape
         h, w = size if size is not None else (H, W)
@@ -63,25 +116,49 @@ class ImageBatch:
 
     def box_label_map(self, size: Tuple[int, int]) -> Tensor:
         """``B×h×w`` long: on an ``h×w`` grid covering the padded tensor, ``gt_classes + 1`` of the
-        smallest ground-truth box containing each cell's centre, 0 where no box does.
+        smallest ground-truth box containing each cell's centre, 0 where no box does
+        (:func:`box_index_map`).
 
         Boxes are ``instances[i].gt_boxes`` (``M×4`` XYXY in input pixels, a tensor or an object
         with ``.tensor``); overlapping boxes: the smaller one wins. An image without instances
         (or a batch without ``instances``) is all 0.
         """
         B, _, H, W = self.tensor.shape
-        h, w = size
-        out = torch.zeros(B, h, w, dtype=torch.long, device=self.device)
-        ys = (torch.arange(h, device=self.device) + 0.5) * (H / h)
-        xs = (torch.arange(w, device=self.device) + 0.5) * (W / w)
+        out = torch.zeros(B, *size, dtype=torch.long, device=self.device)
         for n, inst in enumerate(self.instances or []):
             boxes = inst.gt_boxes.tensor if hasattr(inst.gt_boxes, "tensor") else inst.gt_boxes
-            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            for i in torch.argsort(area, descending=True).tolist():  # small boxes last: they win
-                x0, y0, x1, y1 = boxes[i].tolist()
-                m = (ys[:, None] >= y0) & (ys[:, None] < y1) & (xs[None] >= x0) & (xs[None] < x1)
-                out[n][m] = int(inst.gt_classes[i]) + 1
+            idx = box_index_map(boxes, size, (H, W))
+            inside = idx >= 0
+            out[n][inside] = inst.gt_classes.to(self.device)[idx[inside]].long() + 1
         return out
+
+
+def box_index_map(boxes: Tensor, grid: Tuple[int, int], padded: Tuple[int, int]) -> Tensor:
+    """Rasterise boxes on a feature grid: the one box-painting rule of ``bcd``.
+
+    A cell ``(y, x)`` of an ``h×w`` grid covering a padded ``H×W`` input has its centre at
+    ``((x + 0.5)·W/w, (y + 0.5)·H/h)`` input pixels; it takes the index of the smallest box
+    (by area) whose half-open extent ``[x0, x1) × [y0, y1)`` contains the centre.
+
+    Args:
+        boxes: ``N×4`` XYXY in input pixels.
+        grid: ``(h, w)``; padded: ``(H, W)``.
+
+    Returns:
+        ``h×w`` int64: box index, ``-1`` where no box contains the centre. Used by
+        :meth:`ImageBatch.box_label_map` and APD's FPN-level labels.
+    """
+    h, w = grid
+    H, W = padded
+    ys = (torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5) * (H / h)
+    xs = (torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5) * (W / w)
+    out = torch.full((h, w), -1, dtype=torch.long, device=boxes.device)
+    b = boxes.float()
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    for i in torch.argsort(area, descending=True).tolist():  # small boxes painted last: they win
+        x0, y0, x1, y1 = b[i].tolist()
+        out[(ys[:, None] >= y0) & (ys[:, None] < y1) & (xs[None, :] >= x0) & (xs[None, :] < x1)] = i
+    return out
 
 
 def pad_to_divisible(

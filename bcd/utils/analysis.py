@@ -1,40 +1,54 @@
-"""Model analysis: parameters, FLOPs and activations per module (fvcore), latency and throughput.
+"""Model analysis: parameters, FLOPs and activations per module, latency and throughput, and
+the measuring helpers the tools share (device synchronisation, peak memory).
 
-Every function takes a meta-architecture with Detectron2's interface (``preprocess`` +
-``extract``, ``docs/internals.md``) and runs it on ``3×H×W`` images of a given size: what the
-network costs for that input, without losses or post-processing (``extract``); latency is also
-measured end to end (``model(inputs)`` in eval mode, post-processing included).
+**FLOPs: one counting function, one unit.** :func:`flop_count` counts every FLOP a callable
+runs (forward and backward) with ``torch.utils.flop_counter.FlopCounterMode``: matrix products,
+convolutions and attention (torch's formulas; the fused attention kernels it has none for,
+the CPU one among them, get torch's attention formula here); element-wise work, normalisation,
+pooling, interpolation and NMS are not counted. The unit is the FLOP: **one multiply-add counts
+2** (so ``Linear(10, 10)`` on one input is 200). fvcore and Detectron2's ``analyze_model`` count a fused multiply-add as one
+"flop", i.e. half these numbers. ``tools/analyze_model.py``, ``kd_report``
+(``bcd/distill/report.py``) and ``tools/benchmark.py`` all count through :func:`flop_count`.
 
-Conventions (fvcore's, as in Detectron2's ``tools/analyze_model.py``): one fused multiply-add
-counts as one FLOP; activations are the elements of the outputs of convolutions and linear
-layers. ``tools/analyze_model.py`` prints these numbers for a config; ``kd_report``
-(``bcd/distill/report.py``) uses :func:`count_params` and :func:`count_flops` from here.
+**What is counted for a model** (:func:`analyze_model`, :func:`count_flops`): its test-time
+forward, ``model(inputs)`` in eval mode on one ``3×H×W`` image (a synthetic scene of coloured
+shapes): preprocessing, the network and post-processing, so a detector's RoI heads count as they
+run on the proposals of that image. Modules with parameters that did not run on it (a
+training-only head, a mask head that got no detection from random weights) are listed as not
+counted. Activations are the elements of the outputs of convolution and linear layers that ran
+(fvcore's definition). Parameters: fvcore ``parameter_count``.
 """
 from __future__ import annotations
 
 import logging
 import statistics
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "EXTRA_FLOP_HANDLES",
+    "FLOP_UNIT",
     "ExtractWrapper",
+    "FlopCount",
     "ModelAnalysis",
+    "PeakMemory",
     "analyze_model",
-    "baddbmm_flop_jit",
     "count_flops",
     "count_params",
     "flatten_tensors",
+    "flop_count",
     "format_analysis",
     "measure_latency",
-    "sdpa_flop_jit",
+    "synchronize",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The unit of every FLOP count in ``bcd`` (stated in the tools' and the report's output).
+FLOP_UNIT = "FLOPs (torch FlopCounterMode: a multiply-add counts 2; fvcore/Detectron2 count it as 1)"
 
 
 def flatten_tensors(obj: Any) -> Tuple[Tensor, ...]:
@@ -82,42 +96,22 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> float:
-    """fvcore handle of ``aten::scaled_dot_product_attention`` (the attention of the transformer
-    models, e.g. SegFormer's MiT; fvcore has none): the multiply-adds of its two matrix products,
-    ``Q·Kᵀ`` and ``softmax(·)·V``, i.e. ``B·H·L·S·(E + E_v)`` for ``Q: B×H×L×E``, ``K: B×H×S×E``,
-    ``V: B×H×S×E_v`` (leading dims flattened into ``B·H``), as the matrix products of an explicit
-    attention are counted; the softmax, like every elementwise op, is not."""
-    from fvcore.nn.jit_handles import get_shape
-
-    q, k, v = (get_shape(x) for x in inputs[:3])
-    lead = 1
-    for d in q[:-2]:
-        lead *= d
-    return float(lead * q[-2] * k[-2] * (q[-1] + v[-1]))
-
-
-def baddbmm_flop_jit(inputs: List[Any], outputs: List[Any]) -> float:
-    """fvcore handle of ``aten::baddbmm`` (``input + batch1 @ batch2``, e.g. the masked attention
-    of ``nn.MultiheadAttention`` with a mask, Mask2Former's decoder): the multiply-adds of the
-    batched product, ``B·n·m·p`` for ``batch1: B×n×m``, ``batch2: B×m×p`` (fvcore's ``bmm``
-    formula); the addition is elementwise and not counted."""
-    from fvcore.nn.jit_handles import bmm_flop_jit
-
-    return float(bmm_flop_jit(inputs[1:3], outputs))
-
-
-#: fvcore handles bcd adds to its defaults (analyze_model)
-EXTRA_FLOP_HANDLES = {
-    "aten::scaled_dot_product_attention": sdpa_flop_jit,
-    "aten::baddbmm": baddbmm_flop_jit,
-}
-
-
 def _probe(model: nn.Module, size: Tuple[int, int], batch_size: int = 1) -> Tensor:
-    # a mid-grey image: FLOPs do not depend on the values; data-dependent code (NMS) sees no boxes
-    return torch.full((batch_size, 3, int(size[0]), int(size[1])), 128, dtype=torch.uint8,
-                      device=_device(model))
+    """``batch_size×3×H×W`` uint8 synthetic scenes: a smooth background and a few filled
+    rectangles of distinct colours (objects for a detector's proposals; FLOPs of dense models do
+    not depend on the values)."""
+    h, w = int(size[0]), int(size[1])
+    ys = torch.linspace(0, 1, h)[:, None]
+    xs = torch.linspace(0, 1, w)[None, :]
+    img = torch.stack([60 + 80 * ys + 0 * xs, 90 + 60 * xs + 0 * ys, 120 + 40 * (ys * xs)])
+    for k, (y0, x0, y1, x1, colour) in enumerate([
+        (0.10, 0.10, 0.45, 0.40, (220, 40, 40)), (0.50, 0.55, 0.90, 0.85, (40, 200, 60)),
+        (0.20, 0.60, 0.40, 0.95, (30, 60, 220)), (0.60, 0.05, 0.95, 0.35, (230, 210, 40)),
+    ]):
+        img[:, int(y0 * h):max(int(y1 * h), int(y0 * h) + 1), int(x0 * w):max(int(x1 * w), int(x0 * w) + 1)] = (
+            torch.tensor(colour, dtype=img.dtype)[:, None, None])
+    img = img.round().clamp(0, 255).to(torch.uint8)
+    return img[None].repeat(batch_size, 1, 1, 1).to(_device(model))
 
 
 def count_params(model: nn.Module) -> int:
@@ -127,13 +121,83 @@ def count_params(model: nn.Module) -> int:
     return int(parameter_count(model)[""])
 
 
+@dataclass(frozen=True)
+class FlopCount:
+    """What :func:`flop_count` counted (unit :data:`FLOP_UNIT`).
+
+    Attributes:
+        total: every FLOP of the call.
+        by_module: FLOPs per module of ``root`` (names as in ``root.named_modules()``, ``""`` the
+            root itself; a module's count includes its submodules'); empty without ``root``.
+        by_operator: FLOPs per aten operator (``"aten.convolution"``, ``"aten.mm"`` ...).
+    """
+
+    total: int
+    by_module: Dict[str, int]
+    by_operator: Dict[str, int]
+
+
+def _attention_flop_formulas() -> Dict[Any, Callable[..., int]]:
+    """FlopCounterMode formulas for the fused attention kernels torch registers none for.
+
+    ``F.scaled_dot_product_attention`` dispatches to a fused kernel; torch's FlopCounterMode
+    counts its CUDA kernels (flash, memory-efficient, cuDNN) but not the CPU flash kernel
+    (``aten._scaled_dot_product_flash_attention_for_cpu``, which transformers' SegFormer
+    attention runs on CPU: counted 0 otherwise) nor the backend-overridable one. They get
+    torch's own formulas (``torch.utils.flop_counter.sdpa_flop_count`` /
+    ``sdpa_backward_flop_count``: the matrix products ``Q·Kᵀ`` and ``softmax(·)·V``, and their
+    gradients; a multiply-add = 2), given ``Q: B×H×L×E``, ``K: B×H×S×E``, ``V: B×H×S×E_v``."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    def backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+    return {
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+        aten._scaled_dot_product_fused_attention_overrideable: forward,
+        aten._scaled_dot_product_fused_attention_overrideable_backward: backward,
+    }
+
+
+def flop_count(fn: Callable[[], Any], root: Optional[nn.Module] = None) -> FlopCount:
+    """The FLOPs of everything ``fn()`` runs, forward and backward (the module docstring: the
+    one counting function of ``bcd``, ``torch.utils.flop_counter.FlopCounterMode``, a
+    multiply-add = 2 FLOPs).
+
+    Args:
+        fn: the work to count, called once.
+        root: the module ``fn`` calls, for the per-module counts (module names relative to it).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False, custom_mapping=_attention_flop_formulas()) as fc:
+        fn()
+    counts = fc.get_flop_counts()
+    by_operator: Dict[str, int] = {}
+    for op, n in counts.get("Global", {}).items():
+        by_operator[str(op)] = by_operator.get(str(op), 0) + int(n)
+    by_module: Dict[str, int] = {}
+    if root is not None:
+        prefix = type(root).__name__
+        for name, ops in counts.items():
+            if name == prefix or name.startswith(prefix + "."):
+                by_module[name[len(prefix) + 1:]] = sum(int(n) for n in ops.values())
+    return FlopCount(int(fc.get_total_flops()), by_module, by_operator)
+
+
 @torch.no_grad()
-def count_flops(model: nn.Module, size: Tuple[int, int]) -> Optional[float]:
-    """FLOPs (fvcore; multiply-adds) of ``extract`` on one ``3×H×W`` image; None (and a warning)
-    when the model cannot be traced."""
+def count_flops(model: nn.Module, size: Tuple[int, int]) -> Optional[int]:
+    """FLOPs of the model's test-time forward on one ``3×H×W`` image (:func:`analyze_model`);
+    None (and a warning) when the model cannot run on it."""
     try:
-        return float(analyze_model(model, size, activations=False).flops)
-    except Exception as e:  # tracing can fail on data-dependent code: report, don't crash
+        return int(analyze_model(model, size, activations=False).flops)
+    except Exception as e:  # a model that cannot run at this size: report, don't crash
         logger.warning("FLOP count failed for %s: %s", type(model).__name__, e)
         return None
 
@@ -143,72 +207,100 @@ class ModelAnalysis:
 
     Attributes:
         params: total parameters.
-        flops: total FLOPs (multiply-adds) of one image.
+        flops: total FLOPs of one image (unit :data:`FLOP_UNIT`).
         activations: total activations of one image (None when not counted).
         by_module: ``{module name: {"params", "flops", "activations"}}`` for every module of the
             model ("" is the whole model), names as in ``model.named_modules()``.
-        by_operator: ``{operator: flops}`` (fvcore's op names: ``conv``, ``linear``, ...).
-        unsupported: ``{operator: count}`` of traced ops fvcore has no formula for (not counted).
+        by_operator: ``{operator: flops}`` (aten op names: ``aten.convolution``, ``aten.addmm``, ...).
+        not_run: ``[(module name, parameters)]``: the outermost modules with parameters that did
+            not run on the image, or ran on nothing (empty outputs), so are not counted
+            (training-only heads; data-dependent heads that got no input).
         size: ``(H, W)`` of the input.
     """
 
     def __init__(self, params: int, flops: float, activations: Optional[float],
                  by_module: Dict[str, Dict[str, float]], by_operator: Dict[str, float],
-                 unsupported: Dict[str, int], size: Tuple[int, int]) -> None:
+                 not_run: List[Tuple[str, int]], size: Tuple[int, int]) -> None:
         self.params, self.flops, self.activations = params, flops, activations
-        self.by_module, self.by_operator, self.unsupported = by_module, by_operator, unsupported
+        self.by_module, self.by_operator, self.not_run = by_module, by_operator, not_run
         self.size = size
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"params": self.params, "flops": self.flops, "activations": self.activations,
-                "input_size": list(self.size), "by_operator": self.by_operator,
-                "unsupported_ops": self.unsupported, "by_module": self.by_module}
+        return {"params": self.params, "flops": self.flops, "flop_unit": FLOP_UNIT,
+                "activations": self.activations, "input_size": list(self.size),
+                "by_operator": self.by_operator,
+                "not_run": [{"module": n, "params": p} for n, p in self.not_run],
+                "by_module": self.by_module}
+
+
+_ACTIVATION_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 @torch.no_grad()
 def analyze_model(model: nn.Module, size: Tuple[int, int], activations: bool = True) -> ModelAnalysis:
-    """Parameters, FLOPs and activations of ``model.extract`` on one ``3×H×W`` image, in total
-    and per module (fvcore ``FlopCountAnalysis`` / ``ActivationCountAnalysis`` /
-    ``parameter_count``), in eval mode (the model's mode is restored).
+    """Parameters, FLOPs and activations of the model's test-time forward (``model(inputs)`` in
+    eval mode) on one ``3×H×W`` image, in total and per module, and the modules that did not
+    run (the module docstring). The model's mode is restored.
 
     Raises:
-        whatever tracing raises for a model that cannot be traced.
+        whatever the model's forward raises on that input.
     """
-    from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis, parameter_count
+    from fvcore.nn import parameter_count
 
     was = model.training
     model.eval()
+    names = {m: n for n, m in model.named_modules()}
+    ran: set = set()
+    acts: Dict[str, int] = {}
+
+    def hook(module: nn.Module, _inp: Any, out: Any) -> None:
+        name = names.get(module)
+        tensors = flatten_tensors(out)
+        if name is None or (tensors and not any(t.numel() for t in tensors)):
+            return  # a call on nothing (a mask head given no detection) is not a run
+        ran.add(name)
+        if activations and isinstance(module, _ACTIVATION_TYPES):
+            acts[name] = acts.get(name, 0) + sum(t.numel() for t in flatten_tensors(out))
+
+    handles = [m.register_forward_hook(hook) for m in names]
     try:
-        wrapper = ExtractWrapper(model)
-        inputs = (_probe(model, size),)
-        fca = FlopCountAnalysis(wrapper, inputs).set_op_handle(**EXTRA_FLOP_HANDLES)
-        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        flops_by = fca.by_module()
-        aca = None
-        if activations:
-            aca = ActivationCountAnalysis(wrapper, inputs)
-            aca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        acts_by = aca.by_module() if aca is not None else {}
-        params_by = parameter_count(model)
-        by_module: Dict[str, Dict[str, float]] = {}
-        for name, _ in model.named_modules():
-            key = f"model.{name}" if name else "model"  # names inside the wrapper
-            by_module[name] = {
-                "params": int(params_by.get(name, 0)),
-                "flops": float(flops_by.get(key, 0)),
-                "activations": float(acts_by.get(key, 0)) if aca is not None else None,
-            }
-        return ModelAnalysis(
-            params=int(params_by[""]),
-            flops=float(fca.total()),
-            activations=float(aca.total()) if aca is not None else None,
-            by_module=by_module,
-            by_operator={k: float(v) for k, v in fca.by_operator().items()},
-            unsupported={k: int(v) for k, v in fca.unsupported_ops().items()},
-            size=(int(size[0]), int(size[1])),
-        )
+        image = _probe(model, size)[0]
+        inputs = [{"image": image, "height": int(size[0]), "width": int(size[1])}]
+        fc = flop_count(lambda: model(inputs), root=model)
     finally:
+        for h in handles:
+            h.remove()
         model.train(was)
+    params_by = parameter_count(model)
+    flops_by: Dict[str, int] = {}
+    # deepest first: a container that is never called itself (ModuleList) sums its children
+    for name, module in sorted(model.named_modules(), key=lambda t: -t[0].count(".") - bool(t[0])):
+        flops_by[name] = fc.by_module[name] if name in fc.by_module else sum(
+            flops_by.get(f"{name}.{c}" if name else c, 0) for c, _ in module.named_children())
+    by_module: Dict[str, Dict[str, float]] = {}
+    for name, _ in model.named_modules():
+        inside = [k for k in acts if not name or k == name or k.startswith(name + ".")]
+        by_module[name] = {
+            "params": int(params_by.get(name, 0)),
+            "flops": float(flops_by.get(name, 0)),
+            "activations": float(sum(acts[k] for k in inside)) if activations else None,
+        }
+    # a module ran when its forward or one of its submodules' ran
+    for name in list(ran):
+        parts = name.split(".")
+        ran.update(".".join(parts[:i]) for i in range(len(parts)))
+    not_run = [(n, int(params_by.get(n, 0))) for n, _ in model.named_modules()
+               if n and n not in ran and params_by.get(n, 0)
+               and ".".join(n.split(".")[:-1]) in ran]
+    return ModelAnalysis(
+        params=int(params_by[""]),
+        flops=float(fc.total),
+        activations=float(sum(acts.values())) if activations else None,
+        by_module=by_module,
+        by_operator={k: float(v) for k, v in fc.by_operator.items()},
+        not_run=not_run,
+        size=(int(size[0]), int(size[1])),
+    )
 
 
 def _fmt_count(v: Optional[float]) -> str:
@@ -232,16 +324,64 @@ def format_analysis(a: ModelAnalysis, max_depth: int = 2) -> str:
         rows.append(("  " * name.count(".") + name, v["params"], v["flops"], v["activations"]))
     lines = ["| module | params | FLOPs | activations |", "|---|---|---|---|"]
     lines += [f"| {n} | {_fmt_count(p)} | {_fmt_count(f)} | {_fmt_count(act)} |" for n, p, f, act in rows]
-    if a.unsupported:
-        lines.append("")
-        lines.append("Not counted (no fvcore formula): " + ", ".join(
-            f"{k} ×{v}" for k, v in sorted(a.unsupported.items())))
+    lines += ["", f"Unit: {FLOP_UNIT}; counted: matrix products, convolutions, attention."]
+    if a.not_run:
+        lines.append("Not counted (did not run on this input: training-only, or data-dependent and "
+                     "given nothing to do): " + ", ".join(
+                         f"{n} ({_fmt_count(p)} params)" for n, p in a.not_run))
     return "\n".join(lines) + "\n"
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: Any) -> None:
+    """Wait for the kernels queued on ``device`` (a ``torch.device`` or its name): CUDA runs
+    them asynchronously, so a clock read without this measures the launch, not the work. A
+    no-op on the CPU."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak memory of a ``with`` block above the memory when it starts (bytes, ``.peak``).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. CPU: the
+    resident-set high-water mark (``VmHWM``), reset through ``/proc/self/clear_refs`` (Linux ≥ 4.0);
+    where that is not writable, the mark is never reset (then only the first block of a process
+    is exact).
+    """
+
+    def __init__(self, device: Any) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.peak = 0
+
+    @staticmethod
+    def _status_kib(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        raise KeyError(key)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+            self.base = self._status_kib("VmRSS") * 1024
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.peak = max(0, self._status_kib("VmHWM") * 1024 - self.base)
 
 
 @torch.no_grad()
@@ -282,12 +422,12 @@ def measure_latency(
     try:
         for _ in range(warmup):
             run()
-        _sync(device)
+        synchronize(device)
         times = []
         for _ in range(iters):
             t0 = time.perf_counter()
             run()
-            _sync(device)
+            synchronize(device)
             times.append((time.perf_counter() - t0) * 1000.0)
     finally:
         model.train(was)

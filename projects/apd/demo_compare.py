@@ -20,7 +20,7 @@ start for 150 iterations through ``tools/train_net.py`` (one process each, evalu
 A finished run (its ``metrics.json`` has ``sem_seg/mIoU``) is not trained again (a run of another
 tool with the same config, seed, teacher and warm start can be linked in as ``<variant>_seed<k>``).
 The report gives per-seed mIoU / boundary IoU and, for each pair of variants, the mean paired
-difference over the seeds both finished, with its 95% Student-t interval (EVIDENCE.md).
+difference over the seeds both finished, with its 95% Student-t interval (docs/evidence.md).
 """
 from __future__ import annotations
 

@@ -113,3 +113,19 @@ def test_dump_round_trip(chain, tmp_path):
     again = get_cfg()
     again.merge_from_file(path)
     assert again == cfg
+
+
+def test_every_kd_key_is_declared_by_kd_defaults_alone():
+    """``add_kd_config`` on a bare node gives the whole ``KD`` node exactly as ``get_cfg()`` has
+    it, every registered loss's ``KD.<CONFIG_KEY>`` included (nothing added elsewhere, e.g. in
+    defaults.py): a Detectron2 project adds all KD keys to its own CfgNode with that function."""
+    from bcd.config import CfgNode as CN
+    from bcd.config.kd_defaults import add_kd_config
+    from bcd.distill.losses import KD_LOSS_REGISTRY
+
+    bare = CN()
+    add_kd_config(bare)
+    full = get_cfg()
+    assert list(bare) == ["KD"] and bare.KD == full.KD
+    keys = {cls.CONFIG_KEY for _, cls in KD_LOSS_REGISTRY}
+    assert {"APD", "PIXEL_KD", "BOUNDARY", "CONTEXT", "CWD"} <= keys <= set(bare.KD)

@@ -36,27 +36,27 @@ def _package_of(path: str) -> str:
     return rel.split(os.sep)[0] if os.sep in rel else ""
 
 
+def _from_module(node: ast.ImportFrom, path: str, root: str) -> str:
+    """The absolute module a ``from ... import`` statement of the file ``path`` reads from."""
+    if not node.level:
+        return node.module or ""
+    parts = os.path.relpath(path, root)[:-3].split(os.sep)
+    base = parts[:-1]  # the package of a module, or the package itself for an __init__
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _imports(path: str):
     """``(line, top-level bcd package)`` of every import of ``bcd`` in ``path``."""
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), path)
-    rel_mod = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
-    parts = rel_mod.split(".")
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    is_pkg = path.endswith("__init__.py")
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = parts if is_pkg else parts[:-1]
-                base = base[: len(base) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
-                names = [mod] if node.module else [f"{mod}.{a.name}" for a in node.names]
-            else:
-                names = [node.module or ""]
+            mod = _from_module(node, path, ROOT)
+            names = [f"{mod}.{a.name}" for a in node.names] if node.level and not node.module else [mod]
         else:
             continue
         for n in names:
@@ -130,3 +130,95 @@ def test_import_scanner_resolves_relative_and_lazy_imports(tmp_path, src, expect
     f.write_text(src)
     monkeypatch.setattr(sys.modules[__name__], "ROOT", str(tmp_path))
     assert [t for _, t in _imports(str(f))] == expected
+
+
+# ----------------------------------------------------------------------- cycles inside packages
+def _is_module(name: str, root: str) -> bool:
+    p = os.path.join(root, *name.split("."))
+    return os.path.isfile(p + ".py") or os.path.isfile(os.path.join(p, "__init__.py"))
+
+
+def _module_level_edges(path: str, root: str):
+    """``(line, bcd module)`` imported at module level by ``path`` (statements run on import:
+    top level, and inside top-level ``if`` / ``try``; not in functions or classes).
+    ``from pkg import name`` points at ``pkg.name`` when that is a module, else at ``pkg``."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    stmts, out = list(tree.body), []
+    while stmts:
+        node = stmts.pop(0)
+        if isinstance(node, (ast.If, ast.Try)):
+            stmts[:0] = list(node.body) + list(getattr(node, "orelse", [])) + [
+                s for h in getattr(node, "handlers", []) for s in h.body] + list(getattr(node, "finalbody", []))
+            continue
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            mod = _from_module(node, path, root)
+            targets = [f"{mod}.{a.name}" if _is_module(f"{mod}.{a.name}", root) else mod for a in node.names]
+        else:
+            continue
+        out += [(node.lineno, t) for t in targets if t.split(".")[0] == "bcd" and _is_module(t, root)]
+    return out
+
+
+def _import_cycles(root: str):
+    """Strongly connected components (more than one module, or a module importing itself) of
+    the module-level import graph of ``root``/bcd (Tarjan)."""
+    graph = {}
+    for d, _, files in os.walk(os.path.join(root, "bcd")):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(d, f)
+                mod = ".".join(os.path.relpath(path, root)[:-3].split(os.sep))
+                mod = mod[: -len(".__init__")] if mod.endswith(".__init__") else mod
+                graph[mod] = {t for _, t in _module_level_edges(path, root)}
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1 or v in graph.get(v, ()):
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_module_level_import_cycle_inside_packages():
+    """A cycle of module-level imports (e.g. a package ``__init__`` defining registries and
+    importing submodules that import them back) works only in one import order."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000))
+    cycles = _import_cycles(ROOT)
+    assert cycles == [], "module-level import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_cycle_scanner_sees_a_package_that_imports_back(tmp_path):
+    pkg = tmp_path / "bcd" / "data"
+    pkg.mkdir(parents=True)
+    (tmp_path / "bcd" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("REG = {}\nfrom . import a\n")
+    (pkg / "a.py").write_text("from . import REG\n\ndef f():\n    from . import b\n")
+    (pkg / "b.py").write_text("from .a import f\n")
+    assert _import_cycles(str(tmp_path)) == [["bcd.data", "bcd.data.a"]]
+    (pkg / "a.py").write_text("from .reg import REG\n")
+    (pkg / "reg.py").write_text("REG = {}\n")
+    (pkg / "__init__.py").write_text("from .reg import REG\nfrom . import a\n")
+    assert _import_cycles(str(tmp_path)) == []

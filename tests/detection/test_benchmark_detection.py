@@ -135,7 +135,10 @@ def test_relation_yardstick_runs_attention_and_is_reported_as_such(tmp_path):
     fused, chunked, att = rows
     assert abs(fused["loss"] - chunked["loss"]) < 1e-5 * max(1.0, abs(chunked["loss"]))
     assert fused["flops"] == chunked["flops"] > 0
-    assert att["flops"] is None and att["loss"] != att["loss"] and att["time_s"] > 0  # NaN: not a loss
+    assert att["loss"] != att["loss"] and att["time_s"] > 0  # NaN: not a loss
+    # its FLOPs counted too: forward Q·Kᵀ and ·V (2 products of N²·C multiply-adds), backward
+    # torch's 5 (the scores recomputed), a multiply-add = 2 FLOPs
+    assert att["flops"] == 2 * (2 + 5) * 64 * 64 * 8
     res = {"machine": mod.machine("cpu"), "relation": rows, "clock": "wall", "threads": 1}
     mod.write_report(res, str(tmp_path), "benchmark_relation")
     md = open(os.path.join(str(tmp_path), "benchmark_relation.md")).read()

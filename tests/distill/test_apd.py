@@ -1,6 +1,6 @@
 """APD (bcd/distill/losses/apd.py) against a brute-force numpy reference of the authors' code,
-and its teacher adapter: separate optimiser, gradient isolation, optimizer / DDP exclusion,
-checkpoint state."""
+and its teacher adapter: its own optimizer (declared by the loss, built and stepped by the
+trainer), gradient isolation, exclusion from the main optimizer, checkpoint state."""
 from __future__ import annotations
 
 import copy
@@ -13,8 +13,11 @@ import torch.nn.functional as F
 from bcd.config import get_cfg
 from bcd.distill.losses import KD_LOSS_REGISTRY, FeatureShape, KDContext
 from bcd.distill.losses.apd import APD, TeacherAdapter, apd_terms
-from bcd.solver.build import build_optimizer, separately_optimized_parameter_names
+from bcd.engine.checkpoint import Checkpointer
+from bcd.engine.train_loop import SimpleTrainer
+from bcd.solver.build import build_extra_optimizers, build_optimizer, extra_optimizer_specs
 from bcd.structures.image_batch import ImageBatch
+from bcd.utils.events import EventStorage
 
 IGN = 255
 
@@ -191,20 +194,56 @@ def _feats(seed=0, c_s=6, c_t=10):
     return xs, xt, lab_full
 
 
+class _Holder(torch.nn.Module):
+    """The APD module as a Distiller holds it: forward returns the loss's entries, and
+    ``extra_optimizers()`` publishes its declaration under ``apd.<name>``."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.apd = m
+
+    def forward(self, batch):
+        xs, xt, lab_full = batch
+        out = self.apd({"sem_seg_head.feature": xs}, {"sem_seg_head.feature": xt}, _ctx(lab_full))
+        return dict(out, loss_zero=out["loss_kd_apd"] * 0)  # a main objective the trainer can sum
+
+    def extra_optimizers(self):
+        return {f"apd.{k}": v for k, v in self.apd.extra_optimizers().items()}
+
+
+def _trainer(m, batches):
+    """One process's trainer over ``m``: the main SGD (lr 0) and the optimizers ``m`` declares."""
+    holder = _Holder(m)
+    main = torch.optim.SGD([p for p in holder.parameters()
+                            if not any(p is q for q in m.teacher_adapter.parameters())], lr=0.0)
+    return SimpleTrainer(holder, iter(batches), main, extra_optimizers=build_extra_optimizers(get_cfg(), holder))
+
+
+def _run(trainer, steps):
+    with EventStorage(0):
+        for i in range(steps):
+            trainer.iter = i
+            trainer.run_step()
+
+
 def test_registered_and_built_from_config():
     assert KD_LOSS_REGISTRY.get("APD") is APD
     m = _module(_cfg())
     assert isinstance(m.teacher_adapter, TeacherAdapter)
     assert m.student_adapter[0].in_channels == 6 and m.student_adapter[2].out_channels == 10
-    opt = m.teacher_optimizer
+    spec = m.extra_optimizers()["teacher_adapter"]
+    assert spec.objective == ("apd_soft",)
+    assert [id(p) for p in spec.params] == [id(p) for p in m.teacher_adapter.parameters()]
+    opt = build_extra_optimizers(get_cfg(), _Holder(m))["apd.teacher_adapter"].optimizer
     assert isinstance(opt, torch.optim.Adam) and len(opt.param_groups) == 1
     g = opt.param_groups[0]
     assert g["lr"] == 1e-5 and tuple(g["betas"]) == (0.9, 0.99) and g["weight_decay"] == 0.0
+    assert _module(_cfg(TEACHER_ADAPTER=False)).extra_optimizers() == {}
     with pytest.raises(ValueError, match="KD.APD.SCOPE"):
         _module(_cfg(SCOPE="batch"))
 
 
-def test_forward_matches_terms_and_steps_teacher_adapter_like_adam():
+def test_forward_matches_terms_and_the_trainer_steps_teacher_adapter_like_adam():
     m = _module(_cfg())
     m.train()
     xs, xt, lab_full = _feats()
@@ -225,14 +264,19 @@ def test_forward_matches_terms_and_steps_teacher_adapter_like_adam():
     assert out["loss_kd_apd"].item() == pytest.approx(10.0 * ref["ap"].item(), rel=1e-5)
     assert out["loss_kd_apd_pa"].item() == pytest.approx(10.0 * ref["pa"].item(), rel=1e-5)
     assert out["apd_soft"].item() == pytest.approx(ref["soft"].item(), rel=1e-5)
-    assert not out["apd_soft"].requires_grad
+    assert out["apd_soft"].requires_grad  # the objective of Tr_T's optimizer, with its graph
+    # the forward alone changes nothing; one trainer step gives the reference Adam step
+    for p, q in zip(m.teacher_adapter.parameters(), _module(_cfg()).teacher_adapter.parameters()):
+        assert torch.equal(p, q)
+    trainer = _trainer(m, [(xs, xt, lab_full)])
+    _run(trainer, 1)
     for p, q in zip(m.teacher_adapter.parameters(), before.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-7)
-        assert p.grad is None  # the adapter's step leaves no gradient behind
     moved = max((p - q).abs().max().item() for p, q in
                 zip(m.teacher_adapter.parameters(), _module(_cfg()).teacher_adapter.parameters()))
     assert moved > 1e-6  # the step did happen (Adam moves each weight by about lr)
-    assert int(m.teacher_optimizer.state_dict()["state"][0]["step"]) == 1
+    state = trainer.extra_optimizers["apd.teacher_adapter"].optimizer.state_dict()["state"]
+    assert int(state[0]["step"]) == 1
 
 
 def test_student_losses_do_not_reach_teacher_adapter_and_soft_reaches_only_it():
@@ -255,50 +299,68 @@ def test_student_losses_do_not_reach_teacher_adapter_and_soft_reaches_only_it():
     assert all(g is not None and g.abs().sum() > 0 for g in grads[len(student):])
 
 
-def test_no_step_without_labels_under_no_grad_or_in_eval():
+def test_no_step_without_labels_and_none_outside_the_trainer():
     m = _module(_cfg())
     xs, xt, lab_full = _feats()
     m.train()
-    out = m({"sem_seg_head.feature": xs}, {"sem_seg_head.feature": xt}, _ctx(torch.full_like(lab_full, IGN)))
-    assert all(v.item() == 0.0 for v in out.values())
-    assert m.teacher_optimizer.state_dict()["state"] == {}
+    init = copy.deepcopy(m.teacher_adapter.state_dict())
+    trainer = _trainer(m, [(xs, xt, torch.full_like(lab_full, IGN))])
+    with EventStorage(0):
+        trainer.run_step()
+    opt = trainer.extra_optimizers["apd.teacher_adapter"].optimizer
+    assert opt.state_dict()["state"] == {}  # L_soft = 0 on every process: no Adam step
+    for k, v in m.teacher_adapter.state_dict().items():
+        assert torch.equal(v, init[k])
     with torch.no_grad():
         m({"sem_seg_head.feature": xs}, {"sem_seg_head.feature": xt}, _ctx(lab_full))
     m.eval()
     m({"sem_seg_head.feature": xs}, {"sem_seg_head.feature": xt}, _ctx(lab_full))
-    assert m.teacher_optimizer.state_dict()["state"] == {}
+    for k, v in m.teacher_adapter.state_dict().items():
+        assert torch.equal(v, init[k])
 
 
-def test_teacher_adapter_optimiser_state_round_trips_through_state_dict():
+def test_teacher_adapter_optimiser_state_round_trips_through_a_checkpoint(tmp_path, caplog):
     m = _module(_cfg())
     m.train()
     xs, xt, lab_full = _feats()
-    for _ in range(2):
-        m({"sem_seg_head.feature": xs}, {"sem_seg_head.feature": xt}, _ctx(lab_full))
-    sd = m.state_dict()
-    assert "_extra_state" in sd and sd["_extra_state"]["teacher_adapter_optimizer"]["state"]
+    trainer = _trainer(m, [(xs, xt, lab_full)] * 3)
+    _run(trainer, 2)
+    opts = {"optimizer": trainer.optimizer,
+            "optimizer.apd.teacher_adapter": trainer.extra_optimizers["apd.teacher_adapter"].optimizer}
+    Checkpointer(trainer.model, str(tmp_path), save_to_disk=True, **opts).save("ckpt")
+    saved = torch.load(tmp_path / "ckpt.pth", weights_only=False)
+    assert saved["optimizer.apd.teacher_adapter"]["state"]
+    assert not any("extra_state" in k for k in saved["model"])
+
     fresh = _module(_cfg())
-    fresh.load_state_dict(copy.deepcopy(sd))
-    a, b = m.teacher_optimizer.state_dict(), fresh.teacher_optimizer.state_dict()
+    fresh.train()
+    trainer2 = _trainer(fresh, [(xs, xt, lab_full)])
+    opts2 = {"optimizer": trainer2.optimizer,
+             "optimizer.apd.teacher_adapter": trainer2.extra_optimizers["apd.teacher_adapter"].optimizer}
+    Checkpointer(trainer2.model, str(tmp_path), **opts2).load(str(tmp_path / "ckpt.pth"))
+    a = opts["optimizer.apd.teacher_adapter"].state_dict()
+    b = opts2["optimizer.apd.teacher_adapter"].state_dict()
     for i in a["state"]:
         for k in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(a["state"][i][k], b["state"][i][k])
     # the next step is identical
-    m({"sem_seg_head.feature": xs}, {"sem_seg_head.feature": xt}, _ctx(lab_full))
-    fresh.train()
-    fresh({"sem_seg_head.feature": xs}, {"sem_seg_head.feature": xt}, _ctx(lab_full))
+    _run(trainer, 1)
+    _run(trainer2, 1)
     for p, q in zip(m.teacher_adapter.parameters(), fresh.teacher_adapter.parameters()):
         assert torch.equal(p, q)
-    with pytest.raises(KeyError, match="teacher-adapter optimiser"):
-        fresh.set_extra_state({})
+    # a checkpoint without the adapter's optimizer: said, and the optimizer starts afresh
+    del saved["optimizer.apd.teacher_adapter"]
+    torch.save(saved, tmp_path / "old.pth")
+    with caplog.at_level("WARNING"):
+        Checkpointer(trainer2.model, str(tmp_path), **opts2).load(str(tmp_path / "old.pth"))
+    assert "holds no state for 'optimizer.apd.teacher_adapter'" in caplog.text
 
 
 def test_main_optimizer_leaves_out_the_teacher_adapter():
     m = _module(_cfg())
-    wrapper = torch.nn.Module()
-    wrapper.kd = m
-    names = separately_optimized_parameter_names(wrapper)
-    assert names == [f"kd.teacher_adapter.{n}" for n, _ in m.teacher_adapter.named_parameters()]
+    wrapper = _Holder(m)
+    specs = extra_optimizer_specs(wrapper)
+    assert list(specs) == ["apd.teacher_adapter"]
     cfg = get_cfg()
     opt = build_optimizer(cfg, wrapper)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}

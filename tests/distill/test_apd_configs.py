@@ -1,5 +1,6 @@
 """The APD configs (configs/*/apd_*.yaml) load, carry the recipe of the authors' code
-(METHODS §4.4) and name teachers that exist."""
+(docs/methods.md §4.4), are small deltas over the Base-APD-<dataset>.yaml / Base-APD.yaml mixins
+and name teachers that exist."""
 import glob
 import os
 
@@ -38,8 +39,8 @@ def test_config_loads_with_the_recipe(path):
         assert cfg.SOLVER.BASE_LR == lr and cfg.SOLVER.MAX_ITER == iters
         assert cfg.SOLVER.OPTIMIZER == "SGD" and cfg.SOLVER.WEIGHT_DECAY == 1e-4
         assert cfg.MODEL.SEM_SEG_HEAD.CHANNELS == 512
-        prefix = "student." if cfg.KD.LOSSES else ""
-        assert [p for p, _ in cfg.SOLVER.LR_MULTIPLIERS] == [prefix + "sem_seg_head", prefix + "aux_head"]
+        # the student's names in a plain and an APD config alike (the Distiller applies them)
+        assert [p for p, _ in cfg.SOLVER.LR_MULTIPLIERS] == ["sem_seg_head", "aux_head"]
     if "APD" in cfg.KD.LOSSES:
         assert "PixelKD" in cfg.KD.LOSSES
         px = cfg.KD.PIXEL_KD
@@ -49,3 +50,17 @@ def test_config_loads_with_the_recipe(path):
         assert a.TEACHER_ADAPTER_LR == 1e-5 and list(a.TEACHER_ADAPTER_BETAS) == [0.9, 0.99]
         assert os.path.isfile(os.path.join(ROOT, cfg.KD.TEACHER.CONFIG_FILE))
         _load(os.path.join(ROOT, cfg.KD.TEACHER.CONFIG_FILE))
+
+
+@pytest.mark.parametrize("ds", sorted(RECIPE))
+def test_configs_are_deltas_over_the_mixins(ds):
+    import yaml
+
+    mixin = {"cityscapes": "Base-APD-Cityscapes.yaml", "ade20k": "Base-APD-ADE20K.yaml",
+             "pascal_context": "Base-APD-PascalContext.yaml"}[ds]
+    for st in ("pspnet_r18", "pspnet_efficientnet_b1", "deeplabv3plus_mobilenetv2"):
+        plain = yaml.safe_load(open(os.path.join(ROOT, "configs", ds, f"apd_plain_{st}.yaml")))
+        assert plain["_BASE_"][1] == mixin and set(plain) == {"_BASE_", "OUTPUT_DIR"}
+        kd = yaml.safe_load(open(os.path.join(ROOT, "configs", ds, f"apd_{st}.yaml")))
+        assert kd["_BASE_"] == [f"apd_plain_{st}.yaml", "../Base-APD.yaml"]
+        assert set(kd) == {"_BASE_", "KD", "OUTPUT_DIR"} and set(kd["KD"]) == {"TEACHER", "BASELINE_OUTPUT_DIR"}

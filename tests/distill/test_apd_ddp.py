@@ -1,7 +1,7 @@
-"""APD's teacher adapter with two CPU processes (Gloo) through ``create_ddp_model``: DDP ignores
-``Tr_T`` (no "parameter did not receive a gradient" error), rank 0's ``Tr_T`` is broadcast, and
-its Adam step uses the gradient of ``L_soft`` averaged over the processes, as the authors' code
-(``Tr_T`` wrapped in its own DDP) does."""
+"""APD's teacher adapter with two CPU processes (Gloo) through ``create_ddp_model`` and the
+trainer's step: rank 0's ``Tr_T`` is broadcast (by DDP, as every parameter), and its Adam step
+(the trainer's extra optimizer) uses the gradient of ``L_soft`` averaged over the processes by
+DDP, as the authors' code (``Tr_T`` wrapped in its own DDP) does."""
 from __future__ import annotations
 
 import copy
@@ -41,17 +41,18 @@ class _Toy(nn.Module):
         shape = lambda c: FeatureShape(c, 4, 4, (8, 8))  # noqa: E731
         self.apd = APD(cfg, {"f": shape(6)}, {"f": shape(10)})
 
-    def forward(self, x, xt, lab_full):
+    def forward(self, data):
         from bcd.distill.losses import KDContext
         from bcd.structures.image_batch import ImageBatch
 
-        import dataclasses
-
+        x, xt, lab_full = data
         batch = ImageBatch(torch.zeros(x.shape[0], 3, 8, 8), [(8, 8)] * x.shape[0], sem_seg=lab_full)
-        kw = {"mask": False} if "mask" in {f.name for f in dataclasses.fields(KDContext)} else {"use_label_mask": False}
-        ctx = KDContext(batch, batch, None, None, {}, 0, 10, ignore_value=IGN, **kw)
+        ctx = KDContext(batch, batch, None, None, {}, 0, 10, ignore_value=IGN, mask=False)
         out = self.apd({"f": self.student(x)}, {"f": xt}, ctx)
-        return out["loss_kd_apd"] + out["loss_kd_apd_pa"]
+        return {"loss": out["loss_kd_apd"] + out["loss_kd_apd_pa"], "apd_soft": out["apd_soft"]}
+
+    def extra_optimizers(self):
+        return {f"apd.{k}": v for k, v in self.apd.extra_optimizers().items()}
 
 
 def _data(rank):
@@ -65,18 +66,21 @@ def _data(rank):
 
 def _worker(out_dir):
     from bcd.engine.defaults import create_ddp_model
-    from bcd.solver import build_optimizer
+    from bcd.engine.train_loop import SimpleTrainer
+    from bcd.solver import build_extra_optimizers, build_optimizer
     from bcd.utils import comm
+    from bcd.utils.events import EventStorage
 
     rank = comm.get_rank()
-    torch.manual_seed(rank)  # different initial weights per rank: DDP / the broadcast equalise
+    torch.manual_seed(rank)  # different initial weights per rank: DDP's broadcast equalises them
     model = _Toy(_cfg())
     opt = build_optimizer(_cfg(), model)
+    extra = build_extra_optimizers(_cfg(), model)
     ddp = create_ddp_model(model)
     init_tr_t = copy.deepcopy(model.apd.teacher_adapter.state_dict())
-    loss = ddp(*_data(rank))
-    loss.backward()
-    opt.step()
+    trainer = SimpleTrainer(ddp, iter([_data(rank)]), opt, extra_optimizers=extra)
+    with EventStorage(0):
+        trainer.run_step()
     torch.save({"init": init_tr_t, "tr_t": model.apd.teacher_adapter.state_dict(),
                 "student": model.student.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
 

@@ -29,6 +29,28 @@ def test_fpn_level_rule():
     assert assign_fpn_levels(boxes, 3, 7, canonical_box_size=112).tolist() == [5, 4, 6, 3, 7]
 
 
+def test_one_fpn_level_rule_for_rois_and_apd():
+    # the rule RoI pooling used before (torchvision's LevelMapper) on random boxes, and the
+    # pooler itself assigns by it
+    from torchvision.ops.poolers import LevelMapper
+
+    from bcd.modeling.heads.roi_heads import ROIPooler
+    from bcd.modeling.heads.roi_heads import assign_fpn_levels as owner
+
+    assert assign_fpn_levels is owner
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(500, 2, generator=g) * 800
+    wh = torch.exp(torch.rand(500, 2, generator=g) * 7)  # 1 .. 1100 px sides
+    boxes = torch.cat([xy, xy + wh], 1)
+    ref = LevelMapper(2, 5, canonical_scale=224, canonical_level=4)([boxes]) + 2
+    assert torch.equal(owner(boxes, 2, 5), ref)
+    pooler = ROIPooler(7, [4, 8, 16, 32])
+    feats = [torch.full((1, 1, 256 // s, 256 // s), float(s)) for s in (4, 8, 16, 32)]
+    pooled = pooler(feats, [boxes[:20] / 4])
+    expected = torch.tensor([4.0, 8.0, 16.0, 32.0])[owner(boxes[:20] / 4, 2, 5) - 2]
+    assert torch.allclose(pooled.amax(dim=(1, 2, 3)), expected)
+
+
 def test_level_labels_by_hand():
     # 16x16 input, an 8x8 image in it (the rest is padding); level grid 4x4 (stride 4):
     # cell centres at 2, 6, 10, 14 px.
@@ -82,14 +104,37 @@ def test_detection_loss_matches_the_terms_per_level_and_trains_tr_t_only():
             assert (lab == 3).any()  # background is a class of its own
             t = apd_terms(m.student_adapter(xs[k]), m.teacher_adapter(xt[k]), lab, None, 4, 10.0, -1)
             exp_ap.append(t["ap"]); exp_pa.append(t["pa"])
-    before = [p.detach().clone() for p in m.teacher_adapter.parameters()]
     out = m(xs, xt, _ctx(batch))
     assert out["loss_kd_apd_det"].item() == pytest.approx(10 * torch.stack(exp_ap).mean().item(), rel=1e-5)
     assert out["loss_kd_apd_det_pa"].item() == pytest.approx(10 * torch.stack(exp_pa).mean().item(), rel=1e-5)
-    assert any(not torch.equal(a, b) for a, b in zip(before, m.teacher_adapter.parameters()))
+    # apd_soft (the objective of Tr_T's optimizer) reaches Tr_T only
+    assert list(m.extra_optimizers()) == ["teacher_adapter"]
+    tr_t = list(m.teacher_adapter.parameters())
+    grads = torch.autograd.grad(out["apd_soft"], list(xs.values()) + tr_t, allow_unused=True, retain_graph=True)
+    assert all(g is None for g in grads[:len(xs)])
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[len(xs):])
     (out["loss_kd_apd_det"] + out["loss_kd_apd_det_pa"]).backward()
     assert all(p.grad is None for p in m.teacher_adapter.parameters())
     assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in xs.values())
+
+
+@pytest.mark.parametrize("config,expected", [
+    ("configs/coco/mask_rcnn_r50.yaml", 80), ("configs/coco/cascade_mask_rcnn_r50.yaml", 80),
+    ("configs/coco/retinanet_r50.yaml", 80), ("configs/coco/gfl_r50.yaml", 80),
+    ("configs/demo/det_retinanet_student.yaml", 3),
+])
+def test_detector_class_count_comes_from_the_meta_architecture(config, expected):
+    # one owner: the meta-architecture's CLASS_COUNT, also read by the start-of-run checks
+    import os
+
+    from bcd.distill.losses.apd import _detector_num_classes
+    from bcd.modeling.meta_arch import class_count_key
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(root, config))
+    assert _detector_num_classes(cfg) == expected
+    assert class_count_key(cfg.MODEL.META_ARCHITECTURE).num_classes(cfg) == expected
 
 
 def test_detection_loss_rejects_a_segmentor_config():
@@ -167,4 +212,14 @@ def test_detector_distiller_step(tmp_path, student_cfg, teacher_cfg):
     sum(v for k, v in losses.items() if k.startswith("loss")).backward()
     assert all(p.grad is None for p in apd.teacher_adapter.parameters())
     assert all(p.grad is not None for p in apd.student_adapter.parameters())
+    # one trainer step: the Distiller publishes the adapter's optimizer, the trainer steps it
+    from bcd.engine.train_loop import SimpleTrainer
+    from bcd.solver import build_extra_optimizers, build_optimizer
+    from bcd.utils.events import EventStorage
+
+    extra = build_extra_optimizers(cfg, m)
+    assert list(extra) == ["apd_det.teacher_adapter"]
+    trainer = SimpleTrainer(m, iter([inputs]), build_optimizer(cfg, m), extra_optimizers=extra)
+    with EventStorage(0):
+        trainer.run_step()
     assert any(not torch.equal(a, b) for a, b in zip(before, apd.teacher_adapter.parameters()))

@@ -3,6 +3,8 @@
 * a run stopped half-way and resumed ends with the same weights as an uninterrupted one,
   teacher adapter and its Adam state included;
 * the teacher adapter moved by its own optimiser only (the main optimizer does not hold it);
+* ``--resume KD.APD.TEACHER_ADAPTER_LR 0.001``: the adapter's Adam keeps its moments and takes
+  the new lr, and the change is logged (one mechanism for every optimizer of the run);
 * model_final.pth holds the student only (no adapter).
 """
 import os
@@ -49,23 +51,27 @@ def runs(tmp_path_factory):
     shutil.copy(full / "model_0000001.pth", half / "model_0000001.pth")
     (half / "last_checkpoint").write_text("model_0000001.pth")
     _run(["--resume", *kd, "OUTPUT_DIR", str(half)], env)
-    return {"full": full, "half": half}
+    new_lr = tmp / "new_lr"
+    new_lr.mkdir()
+    shutil.copy(full / "model_0000001.pth", new_lr / "model_0000001.pth")
+    (new_lr / "last_checkpoint").write_text("model_0000001.pth")
+    _run(["--resume", *kd, "OUTPUT_DIR", str(new_lr), "KD.APD.TEACHER_ADAPTER_LR", "0.001"], env)
+    return {"full": full, "half": half, "new_lr": new_lr}
 
 
-def _optim_state(model_state):
-    return model_state["kd_modules.apd._extra_state"]["teacher_adapter_optimizer"]
+def _optim_state(ckpt):
+    return ckpt["optimizer.apd.teacher_adapter"]
 
 
 def test_resume_is_exact_with_the_teacher_adapter_and_its_optimiser(runs):
-    a = torch.load(runs["full"] / "model_0000003.pth", weights_only=False)["model"]
-    b = torch.load(runs["half"] / "model_0000003.pth", weights_only=False)["model"]
+    ca = torch.load(runs["full"] / "model_0000003.pth", weights_only=False)
+    cb = torch.load(runs["half"] / "model_0000003.pth", weights_only=False)
+    a, b = ca["model"], cb["model"]
     assert set(a) == set(b)
     assert any(k.startswith(TR_T) for k in a)
     for k in a:
-        if k.endswith("_extra_state"):
-            continue
         assert torch.equal(a[k], b[k]), k
-    sa, sb = _optim_state(a), _optim_state(b)
+    sa, sb = _optim_state(ca), _optim_state(cb)
     assert sa["param_groups"] == sb["param_groups"]
     assert int(sa["state"][0]["step"]) == 4  # one Adam step per iteration
     for i in sa["state"]:
@@ -82,10 +88,22 @@ def test_teacher_adapter_is_trained_by_its_own_optimiser_only(runs):
     # the main optimizer does not hold it: its groups count the other parameters only
     n_main = sum(len(g["params"]) for g in ckpt3["optimizer"]["param_groups"])
     n_trainable = sum(1 for k in ckpt3["model"] if not k.endswith(("running_mean", "running_var",
-                      "num_batches_tracked", "_extra_state", "kd_iteration")))
+                      "num_batches_tracked", "kd_iteration")))
     n_tr_t = sum(1 for k in ckpt3["model"] if k.startswith(TR_T))
     assert n_tr_t == 4 and n_main == n_trainable - n_tr_t
-    assert _optim_state(ckpt3["model"])["param_groups"][0]["lr"] == pytest.approx(0.01)  # constant
+    assert sum(len(g["params"]) for g in _optim_state(ckpt3)["param_groups"]) == n_tr_t
+    assert _optim_state(ckpt3)["param_groups"][0]["lr"] == pytest.approx(0.01)  # constant
+
+
+def test_resume_with_a_new_teacher_adapter_lr_keeps_moments_and_takes_the_lr(runs):
+    state = _optim_state(torch.load(runs["new_lr"] / "model_0000003.pth", weights_only=False))
+    assert state["param_groups"][0]["lr"] == pytest.approx(0.001)
+    assert tuple(state["param_groups"][0]["betas"]) == (0.9, 0.99)
+    assert int(state["state"][0]["step"]) == 4  # the moments went on from the checkpoint's 2 steps
+    full = _optim_state(torch.load(runs["full"] / "model_0000003.pth", weights_only=False))
+    assert not torch.equal(state["state"][0]["exp_avg_sq"], full["state"][0]["exp_avg_sq"])  # other weights since
+    log = (runs["new_lr"] / "log.txt").read_text()
+    assert "KD.APD.TEACHER_ADAPTER_LR: 0.01 (checkpoint) -> 0.001 (config)" in log
 
 
 def test_model_final_is_the_student_only(runs):

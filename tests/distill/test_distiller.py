@@ -199,3 +199,56 @@ def test_optimizer_gives_kd_modules_their_lr_multiplier(distiller):
     stem = next(distiller.student.parameters())
     assert lr_of[id(kd)] == pytest.approx(0.1) and lr_of[id(stem)] == pytest.approx(0.01)
     assert not {id(p) for p in distiller.teacher.parameters()} & set(lr_of)
+
+
+def test_object_segmentor_student_keeps_its_backbone_multiplier_and_config_rules_need_no_prefix(tmp_path):
+    """The Distiller merges its student's own LR multipliers (an ObjectSegmentor's backbone x0.1)
+    with the KD modules' (prefixing them itself), and SOLVER.LR_MULTIPLIERS name the student's
+    parameters as in a plain config."""
+    from bcd.config import get_cfg
+    from bcd.modeling import build_model as build_plain
+    from bcd.solver import build_optimizer
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    base = os.path.join(root, "configs/demo/skd_demo_sod_inference.yaml")
+    tcfg = get_cfg()
+    tcfg.merge_from_file(base)
+    torch.manual_seed(0)
+    teacher_w = tmp_path / "teacher.pth"
+    torch.save({"model": build_plain(tcfg).state_dict()}, teacher_w)
+    cfg = get_cfg()
+    cfg.merge_from_file(base)
+    cfg.MODEL.OBJECT_SEG.BACKBONE_LR_MULTIPLIER = 0.1
+    cfg.SOLVER.BASE_LR = 0.05
+    cfg.SOLVER.LR_MULTIPLIERS = [["decoder.predictor", 3.0]]  # the student's name, no "student."
+    cfg.KD.LOSSES = ["FitNet"]
+    cfg.KD.LR_MULTIPLIER = 2.0
+    cfg.KD.FITNET.STUDENT_FEATURES = cfg.KD.FITNET.TEACHER_FEATURES = ["backbone.res5"]
+    cfg.KD.TEACHER.CONFIG_FILE, cfg.KD.TEACHER.WEIGHTS = base, str(teacher_w)
+    cfg.KD.SHAPE_PROBE_SIZE = [48, 48]
+    model = build_model(cfg)
+    assert model.lr_multipliers == {"kd_modules": 2.0, "student.backbone": 0.1}
+    opt = build_optimizer(cfg, model)
+    lr = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert lr[id(named["student.backbone.res2.0.conv1.weight"])] == pytest.approx(0.005)  # x0.1 kept
+    assert lr[id(named["student.decoder.predictor.weight"])] == pytest.approx(0.15)  # config rule
+    assert lr[id(named["student.decoder.fuse.0.weight"])] == pytest.approx(0.05)
+    kd = [p for n, p in named.items() if n.startswith("kd_modules.")]
+    assert kd and all(lr[id(p)] == pytest.approx(0.1) for p in kd)
+    # the same plain config: the same student rates
+    plain = build_plain(_without_kd(cfg))
+    lr_p = {n: g["lr"] for g in build_optimizer(cfg, plain).param_groups for p in g["params"]
+            for n, q in plain.named_parameters() if q is p}
+    for n, v in lr_p.items():
+        assert lr[id(named["student." + n])] == pytest.approx(v), n
+    # an old-style "student."-prefixed rule is refused with the way to write it
+    cfg.SOLVER.LR_MULTIPLIERS = [["student.decoder", 3.0]]
+    with pytest.raises(ValueError, match="write 'decoder', without 'student.'"):
+        build_optimizer(cfg, model)
+
+
+def _without_kd(cfg):
+    c = cfg.clone()
+    c.KD.LOSSES = []
+    return c

@@ -48,6 +48,11 @@ def _train(cfg, steps=3):
     torch.manual_seed(0)
     model = build_model(cfg).train()
     opt = build_optimizer(cfg, model)
+    # SOLVER.LR_MULTIPLIERS name the student's own modules: its head trains at their rate
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    for prefix, mult in cfg.SOLVER.LR_MULTIPLIERS:
+        head = [lr_of[id(p)] for n, p in model.named_parameters() if n.startswith(f"student.{prefix}.")]
+        assert head and all(abs(lr - mult * cfg.SOLVER.BASE_LR) < 1e-12 for lr in head), (prefix, set(head))
     before = {k: v.detach().clone() for k, v in model.student.state_dict().items() if v.is_floating_point()}
     history = []
     for it in range(steps):
@@ -128,8 +133,8 @@ def test_new_kd_config_loads_with_a_matching_teacher(path):
     assert cfg.DATASETS.TRAIN == tcfg.DATASETS.TRAIN
     for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
         assert name in DatasetCatalog
-    if cfg.MODEL.BACKBONE.NAME == "build_mit_backbone":  # the SegFormer head at 10x, named under student.
-        assert cfg.SOLVER.LR_MULTIPLIERS == [["student.sem_seg_head", 10.0]]
+    if cfg.MODEL.BACKBONE.NAME == "build_mit_backbone":  # the SegFormer head at 10x (the solver prefixes student.)
+        assert cfg.SOLVER.LR_MULTIPLIERS == [["sem_seg_head", 10.0]]
     if tcfg.MODEL.META_ARCHITECTURE == "Mask2FormerSegmentor":
         assert cfg.KD.TEACHER.WEIGHTS == "hf://facebook/mask2former-swin-tiny-ade-semantic"
 

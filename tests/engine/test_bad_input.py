@@ -155,22 +155,26 @@ def test_detector_class_count_disagreeing_with_coco_categories_is_refused(tmp_pa
     assert not out.exists()
 
 
-def test_class_count_table_is_extensible(cfg):
+def test_class_count_is_declared_by_the_meta_architecture(cfg):
     from bcd.engine import validation as V
+    from bcd.modeling.meta_arch import META_ARCH_REGISTRY, ClassCountKey
 
-    V.register_class_count_key("MyArch", "MODEL.RETINANET.NUM_CLASSES", "thing_classes")
+    @META_ARCH_REGISTRY.register()
+    class T9MyArch(torch.nn.Module):  # a new meta-architecture declares where its count lives
+        CLASS_COUNT = ClassCountKey("MODEL.RETINANET.NUM_CLASSES", "thing_classes")
+
     try:
         from bcd.data import MetadataCatalog
 
         MetadataCatalog.get("t9_table_ds").set(thing_classes=["x", "y"])
-        cfg.MODEL.META_ARCHITECTURE = "MyArch"
+        cfg.MODEL.META_ARCHITECTURE = "T9MyArch"
         cfg.MODEL.RETINANET.NUM_CLASSES = 2
         V.check_class_counts(cfg, ["t9_table_ds"])  # agrees: no error
         cfg.MODEL.RETINANET.NUM_CLASSES = 3
         with pytest.raises(ValueError, match="MODEL.RETINANET.NUM_CLASSES is 3"):
             V.check_class_counts(cfg, ["t9_table_ds"])
     finally:
-        V.CLASS_COUNT_KEYS.pop("MyArch")
+        META_ARCH_REGISTRY._obj_map.pop("T9MyArch")
 
 
 # ----------------------------------------------------------------------- 5: finite checkpoints

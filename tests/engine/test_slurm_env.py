@@ -49,8 +49,13 @@ def test_launch_joins_through_env_under_srun(monkeypatch):
 
     L = importlib.import_module("bcd.engine.launch")  # the module (bcd.engine.launch is also a function)
 
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(k, raising=False)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE",
+              "GROUP_RANK"):
+        # setenv first, so that monkeypatch records the variable and undoes what launch writes
+        # (delenv of an absent variable records nothing: launch's values leaked into later tests,
+        # whose train_net subprocesses then waited for a torchrun master at gpu07)
+        monkeypatch.setenv(k, "")
+        monkeypatch.delenv(k)
     for k, v in _step().items():
         monkeypatch.setenv(k, v)
     seen = {}
@@ -62,6 +67,13 @@ def test_launch_joins_through_env_under_srun(monkeypatch):
     monkeypatch.setattr(L, "_run_under_torchrun", fake)
     assert L.launch(lambda x: x * 2, 1, args=(21,)) == 42
     assert seen == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu07"}
+
+
+def test_launch_left_no_torchrun_variables_behind():
+    # runs after the test above (file order): its environment was restored
+    import os
+
+    assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "GROUP_RANK"} & set(os.environ)
 
 
 # ------------------------------------------------------------------ uneven layouts (issue 22)

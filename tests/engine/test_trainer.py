@@ -83,6 +83,94 @@ def test_sum_of_loss_entries_is_optimised_and_others_only_logged():
     assert latest["accuracy"][0] == 7.0
 
 
+class TwoOptimizerModel(nn.Module):
+    """``w`` trains on ``loss`` (the main SGD); ``v`` declares an Adam of its own on ``fit``."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([1.0, 2.0]))
+        self.v = nn.Parameter(torch.tensor([0.5, -1.0]))
+        self.make = make
+
+    def forward(self, batch):
+        return self.make(self.w, self.v, get_event_storage().iter)
+
+    def extra_optimizers(self):
+        from bcd.solver import OptimizerSpec
+
+        return {"side": OptimizerSpec(params=(self.v,), objective=("fit",), optimizer="Adam", lr=0.1,
+                                      betas=(0.9, 0.99))}
+
+
+def _two_optimizer_trainer(make):
+    from bcd.solver import build_extra_optimizers, build_optimizer
+
+    model = TwoOptimizerModel(make)
+    from bcd.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.MOMENTUM, cfg.SOLVER.WEIGHT_DECAY = 0.1, 0.0, 0.0
+    main = build_optimizer(cfg, model)
+    return SimpleTrainer(model, itertools_repeat(), main, extra_optimizers=build_extra_optimizers(cfg, model)), model
+
+
+def test_extra_optimizer_steps_its_parameters_on_its_objective_only():
+    # loss = |w|^2 (main SGD, lr 0.1); fit = |v - 3|^2 (Adam lr 0.1, betas 0.9/0.99), skipped at
+    # iteration 1 where it is 0
+    make = lambda w, v, it: {"loss": (w ** 2).sum(), "fit": ((v - 3) ** 2).sum() * (0.0 if it == 1 else 1.0)}
+    trainer, model = _two_optimizer_trainer(make)
+    assert [id(p) for g in trainer.optimizer.param_groups for p in g["params"]] == [id(model.w)]
+    trainer.train(0, 3)
+    w = torch.tensor([1.0, 2.0])
+    for _ in range(3):
+        w = w - 0.1 * 2 * w
+    assert torch.allclose(model.w.detach(), w)
+    v = nn.Parameter(torch.tensor([0.5, -1.0]))
+    ref = torch.optim.Adam([v], lr=0.1, betas=(0.9, 0.99))
+    for it in range(3):
+        if it == 1:
+            continue  # objective 0 everywhere: no step (Adam would move v by its moments)
+        ref.zero_grad()
+        ((v - 3) ** 2).sum().backward()
+        ref.step()
+    torch.testing.assert_close(model.v.detach(), v.detach(), rtol=0, atol=1e-7)
+    state = trainer.extra_optimizers["side"].optimizer.state_dict()
+    assert int(state["state"][0]["step"]) == 2
+    assert set(trainer.state_dict()) == {"optimizer", "optimizer.side"}
+
+
+def test_objectives_that_reach_each_others_parameters_are_refused():
+    # the side objective reaches w (a main parameter)
+    trainer, _ = _two_optimizer_trainer(lambda w, v, it: {"loss": (w ** 2).sum(), "fit": (v * w).sum()})
+    with pytest.raises(RuntimeError, match=r"objective of optimizer 'side' \(\['fit'\]\) reaches 1 parameters of the main optimizer \(w\)"):
+        trainer.train(0, 1)
+    # the main objective reaches v (the side optimizer's)
+    trainer, model = _two_optimizer_trainer(lambda w, v, it: {"loss": (w * v).sum(), "fit": (v ** 2).sum()})
+    with pytest.raises(RuntimeError, match=r"main objective .* reaches 1 parameters of optimizer 'side' \(v\)"):
+        trainer.train(0, 1)
+    assert torch.equal(model.w.detach(), torch.tensor([1.0, 2.0]))  # refused before any update
+    # a missing objective entry names the optimizer
+    trainer, _ = _two_optimizer_trainer(lambda w, v, it: {"loss": (w ** 2).sum()})
+    with pytest.raises(KeyError, match="Optimizer 'side' minimises the loss entries \\['fit'\\]"):
+        trainer.train(0, 1)
+
+
+def test_extra_optimizer_declarations_are_checked():
+    from bcd.solver import OptimizerSpec, extra_optimizer_specs
+
+    m = TwoOptimizerModel(None)
+    m.extra_optimizers = lambda: {"a": OptimizerSpec(params=(m.v,), objective=("loss_fit",))}
+    with pytest.raises(ValueError, match="start with 'loss'"):
+        extra_optimizer_specs(m)
+    m.extra_optimizers = lambda: {"a": OptimizerSpec(params=(m.v,), objective=("x",)),
+                                  "b": OptimizerSpec(params=(m.v,), objective=("y",))}
+    with pytest.raises(ValueError, match="both optimizers 'a' and 'b'"):
+        extra_optimizer_specs(m)
+    m.extra_optimizers = lambda: {"a": OptimizerSpec(params=(nn.Parameter(torch.zeros(1)),), objective=("x",))}
+    with pytest.raises(ValueError, match="not a trainable parameter"):
+        extra_optimizer_specs(m)
+
+
 def test_non_finite_entry_raises_before_the_update():
     def make(w, it):
         bad = torch.tensor(float("inf")) if it == 1 else torch.tensor(0.0)

@@ -233,3 +233,41 @@ def test_eval_accepts_labels_at_original_size(seg_cfg):
          "height": 64, "width": 96}
     assert model.preprocess([x]).sem_seg is None
     assert model([x])[0]["sem_seg"].shape == (5, 64, 96)
+
+
+def test_every_meta_architecture_batches_through_image_batch_from_inputs():
+    """Preprocessing (normalise, pad, batch) has one owner, ``ImageBatch.from_inputs``: each
+    meta-architecture's ``preprocess`` gives exactly its result, checked against hand-made
+    padding and normalisation."""
+    import inspect
+
+    from bcd.modeling.meta_arch import META_ARCH_REGISTRY
+    from bcd.structures import ImageBatch, Instances
+
+    mean = torch.tensor([100.0, 110.0, 120.0]).view(3, 1, 1)
+    std = torch.tensor([50.0, 60.0, 70.0]).view(3, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    ims = [torch.randint(0, 256, (3, 5, 7), generator=g, dtype=torch.uint8),
+           torch.randint(0, 256, (3, 6, 4), generator=g, dtype=torch.uint8)]
+    labs = [torch.randint(0, 3, (5, 7), generator=g), torch.randint(0, 3, (6, 4), generator=g)]
+    inputs = [{"image": im, "sem_seg": lab, "instances": Instances(tuple(im.shape[-2:]))} for im, lab in zip(ims, labs)]
+    b = ImageBatch.from_inputs(inputs, mean, std, size_divisibility=4, ignore_value=9)
+    assert b.tensor.shape == (2, 3, 8, 8) and b.image_sizes == [(5, 7), (6, 4)]
+    exp = torch.zeros(2, 3, 8, 8)
+    exp[0, :, :5, :7] = (ims[0].float() - mean) / std
+    exp[1, :, :6, :4] = (ims[1].float() - mean) / std
+    assert torch.equal(b.tensor, exp)
+    lab = torch.full((2, 8, 8), 9)
+    lab[0, :5, :7], lab[1, :6, :4] = labs[0], labs[1]
+    assert torch.equal(b.sem_seg, lab) and len(b.instances) == 2
+    # a label of another size: left out, or (training) an error naming the input
+    bad = [dict(inputs[0], sem_seg=labs[1], file_name="x.png"), inputs[1]]
+    assert ImageBatch.from_inputs(bad, mean, std, 4).sem_seg is None
+    with pytest.raises(ValueError, match=r"'x.png': sem_seg of size \(6, 4\) does not match its image \(5, 7\)"):
+        ImageBatch.from_inputs(bad, mean, std, 4, strict_labels=True)
+    # every registered meta-architecture's preprocess is this one function
+    for name, cls in META_ARCH_REGISTRY:
+        fn = getattr(cls, "preprocess", None)
+        if fn is None or name == "Distiller":
+            continue
+        assert "ImageBatch.from_inputs(" in inspect.getsource(fn), name

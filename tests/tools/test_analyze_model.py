@@ -48,3 +48,42 @@ def test_kd_config_student_and_teacher(tmp_path):
     assert teacher["params"] == ref_t.params and teacher["flops"] == ref_t.flops
     assert student["model"] == "SemanticSegmentor" and student["params"] < teacher["params"]
     assert student["input_size"] == [64, 64] and "latency" not in student
+
+
+def test_cascade_mask_rcnn_counts_its_roi_heads_or_names_them(tmp_path, capsys):
+    """Issue 22 item 9: the detector's test-time forward is counted, RoI heads included (equal to
+    the convolution / linear formula over every layer that ran, box and mask heads too); with no
+    detection left, the mask head is named in the output as not counted."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "utils"))
+    from test_analysis import _conv_linear_flops
+
+    from bcd.modeling import build_model
+    from bcd.utils.analysis import _probe
+
+    cfg_file = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+                            "configs/demo/det_cascade_mask_rcnn.yaml")
+    opts = ["MODEL.BACKBONE.WEIGHTS", "", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    torch.manual_seed(0)
+    out = tool.main(["--config-file", cfg_file, "--tasks", "parameter", "flop", "--size", "96", "128", *opts])
+    text = capsys.readouterr().out
+    roi = out["by_module"]["roi_heads"]
+    assert roi["flops"] > 0.5 * out["flops"] and out["by_module"]["roi_heads.mask_head"]["flops"] > 0
+    assert out["not_run"] == [] and "Not counted" not in text
+    torch.manual_seed(0)
+    model = build_model(tool.load_config(cfg_file, opts)).eval()
+    image = _probe(model, (96, 128))[0]
+    with torch.no_grad():
+        ref = _conv_linear_flops(model, lambda: model([{"image": image, "height": 96, "width": 128}]))
+    assert out["flops"] == sum(ref.values())
+    for mod in ("roi_heads.box_head", "roi_heads.mask_head", "backbone"):
+        assert out["by_module"][mod]["flops"] == sum(v for k, v in ref.items() if k.startswith(mod + "."))
+    # no detection survives the score threshold: the mask head does not run and is named
+    out = tool.main(["--config-file", cfg_file, "--tasks", "parameter", "flop", "--size", "96", "128",
+                     "MODEL.BACKBONE.WEIGHTS", "", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.0"])
+    text = capsys.readouterr().out
+    names = [d["module"] for d in out["not_run"]]
+    assert "roi_heads.mask_head" in names and "roi_heads.mask_predictor" in names
+    assert "Not counted (did not run" in text and "roi_heads.mask_head" in text
+    assert out["by_module"]["roi_heads.box_head"]["flops"] > 0  # the box stages ran on the proposals

@@ -1,5 +1,6 @@
-"""bcd/utils/analysis.py: FLOPs / activations / params against hand counts and fvcore run
-directly on the network, latency fields."""
+"""bcd/utils/analysis.py: FLOPs / activations / params against hand counts and against the
+convolution / linear formula applied to every layer that ran, the unit against fvcore's, the
+modules that did not run, latency fields."""
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -11,10 +12,12 @@ from torch import nn
 
 from bcd.structures import ImageBatch
 from bcd.utils.analysis import (
+    FLOP_UNIT,
     analyze_model,
     count_flops,
     count_params,
     flatten_tensors,
+    flop_count,
     format_analysis,
     measure_latency,
 )
@@ -42,12 +45,26 @@ class OneConv(nn.Module):
 def test_hand_counted_conv():
     m = OneConv()
     a = analyze_model(m, (16, 20))
-    assert a.flops == 8 * 3 * 9 * 16 * 20  # one MAC per weight and output pixel; bias free
+    assert a.flops == 2 * 8 * 3 * 9 * 16 * 20  # a multiply-add per weight and output pixel = 2 FLOPs
     assert a.activations == 8 * 16 * 20
     assert a.params == count_params(m) == 8 * 3 * 9 + 8
     assert a.by_module["conv"]["flops"] == a.flops and a.by_module["conv"]["params"] == 224
     assert count_flops(m, (16, 20)) == a.flops
+    assert a.not_run == []
     assert m.training  # mode restored
+
+
+def test_one_unit_linear_10_is_200_flops_and_twice_fvcore():
+    lin = nn.Linear(10, 10)
+    x = torch.randn(1, 10)
+    assert flop_count(lambda: lin(x)).total == 200  # 100 multiply-adds
+    fv = FlopCountAnalysis(lin, (x,))
+    fv.unsupported_ops_warnings(False)
+    assert fv.total() == 100  # fvcore: one fused multiply-add = one "flop"
+    # forward and backward of a training step: dX and dW products too
+    y = flop_count(lambda: lin(x.requires_grad_()).sum().backward())
+    assert y.total == 3 * 200
+    assert "multiply-add counts 2" in FLOP_UNIT
 
 
 def test_flatten_tensors_order():
@@ -76,33 +93,50 @@ def _tiny_pspnet():
     return build_model(c)
 
 
-def test_flops_equal_fvcore_on_the_network_directly():
-    """The whole meta-architecture at 60×44 (padded to 64×48 by preprocess) against fvcore on
-    backbone + head applied to the padded tensor by hand."""
+def _conv_linear_flops(model, run):
+    """Brute-force reference: 2 × multiply-adds of every Conv / ConvTranspose / Linear call,
+    from its weight and output shapes (module names -> FLOPs)."""
+    out = {}
+
+    def hook(name):
+        def fn(m, inp, y):
+            if isinstance(m, nn.ConvTranspose2d):  # every input pixel meets the whole kernel
+                n = inp[0].numel() * m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3]
+            elif isinstance(m, nn.Conv2d):
+                n = y.numel() * m.weight[0].numel()
+            else:
+                n = y.numel() * m.in_features
+            out[name] = out.get(name, 0) + 2 * n
+        return fn
+
+    hs = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+          if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    try:
+        run()
+    finally:
+        for h in hs:
+            h.remove()
+    return out
+
+
+def test_flops_equal_the_layer_formula_and_training_heads_are_named():
+    """The whole meta-architecture at 60×44 (padded to 64×48 by preprocess): every FLOP is a
+    convolution's, so the total and each module's count equal the formula summed over the convs
+    that ran; the auxiliary (training-only) head is named as not run."""
     torch.manual_seed(0)
     model = _tiny_pspnet().eval()
     a = analyze_model(model, (60, 44))
-
-    class Net(nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.backbone, self.head = m.backbone, m.sem_seg_head
-
-        def forward(self, x):
-            return self.head(self.backbone(x))
-
-    x = torch.zeros(1, 3, 64, 48)  # the size preprocess pads to (divisibility 8)
-    direct = FlopCountAnalysis(Net(model), (x,))
-    direct.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    assert a.flops == direct.total()
-    bb = FlopCountAnalysis(model.backbone, (x,))
-    bb.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    assert a.by_module["backbone"]["flops"] == bb.total()
-    assert a.by_module["backbone.res5"]["flops"] == bb.by_module()["res5"]
-    assert a.by_module["aux_head"]["flops"] == 0  # the auxiliary head does not run in extract
+    ref = _conv_linear_flops(model, lambda: model([{"image": torch.zeros(3, 60, 44, dtype=torch.uint8),
+                                                    "height": 60, "width": 44}]))
+    assert a.flops == sum(ref.values()) > 0
+    for mod in ("backbone", "backbone.res5", "sem_seg_head"):
+        assert a.by_module[mod]["flops"] == sum(v for k, v in ref.items() if k.startswith(mod + "."))
+    assert a.by_module["aux_head"]["flops"] == 0  # the auxiliary head does not run in eval mode
+    assert a.not_run == [("aux_head", count_params(model.aux_head))]
     table = format_analysis(a, max_depth=2)
     assert "backbone.res5" in table and "sem_seg_head.predictor" in table
     assert "backbone.res5.0" not in table
+    assert "Not counted (did not run" in table and "aux_head" in table
 
 
 def test_latency_fields():

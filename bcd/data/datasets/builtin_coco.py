@@ -18,7 +18,7 @@ import os
 from typing import Any, Dict, List
 
 from ..catalog import DatasetCatalog, MetadataCatalog
-from . import DATASET_CHECKS, get_datasets_root
+from .registry import DATASET_CHECKS, get_datasets_root
 from .coco import load_coco_json
 
 # name -> (image folder, annotation json), relative to <root>/coco

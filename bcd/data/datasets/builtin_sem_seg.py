@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, List, Optional
 
-from . import get_datasets_root
+from .registry import get_datasets_root
 from .sem_seg import load_sem_seg, register_sem_seg
 
 __all__ = [

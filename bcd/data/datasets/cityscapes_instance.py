@@ -23,7 +23,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from ..catalog import DatasetCatalog, MetadataCatalog
-from . import DATASET_CHECKS, get_datasets_root
+from .registry import DATASET_CHECKS, get_datasets_root
 
 __all__ = ["load_cityscapes_instances", "register_cityscapes_instances", "CITYSCAPES_THING_CLASSES"]
 

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..catalog import DatasetCatalog, MetadataCatalog
-from . import CUSTOM_DATASET_TYPES, DATASET_CHECKS
+from .registry import CUSTOM_DATASET_TYPES, DATASET_CHECKS
 
 logger = logging.getLogger(__name__)
 

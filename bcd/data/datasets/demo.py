@@ -33,7 +33,7 @@ from PIL import Image
 
 from bcd.utils.file_io import build_dir_atomically
 
-from . import get_datasets_root
+from .registry import get_datasets_root
 from .sem_seg import default_colors, load_sem_seg, register_sem_seg
 
 __all__ = [

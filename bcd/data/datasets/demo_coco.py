@@ -18,7 +18,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from ..catalog import DatasetCatalog, MetadataCatalog
-from . import get_datasets_root
+from .registry import get_datasets_root
 from .coco import load_coco_json
 
 DEMO_DET_CLASSES = ["square", "disc", "triangle"]

@@ -30,7 +30,7 @@ from PIL import Image
 
 from bcd.utils.file_io import build_dir_atomically
 
-from . import get_datasets_root
+from .registry import get_datasets_root
 from .object_seg import load_object_seg, register_object_seg
 
 __all__ = ["OBJECT_SEG_DEMO_SPLITS", "render_object_scene", "build_demo_object_seg",

@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..catalog import DatasetCatalog, MetadataCatalog
 from ..io import image_size, read_image
-from . import CUSTOM_DATASET_TYPES, DATASET_CHECKS, get_datasets_root
+from .registry import CUSTOM_DATASET_TYPES, DATASET_CHECKS, get_datasets_root
 
 __all__ = [
     "DEFAULT_IMAGE_EXTS",

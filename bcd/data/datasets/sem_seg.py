@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..catalog import DatasetCatalog, MetadataCatalog
 from ..io import image_size
-from . import CUSTOM_DATASET_TYPES
+from .registry import CUSTOM_DATASET_TYPES
 
 __all__ = ["load_sem_seg", "register_sem_seg", "register_custom_sem_seg", "default_colors"]
 

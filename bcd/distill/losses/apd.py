@@ -1,7 +1,7 @@
 """APD: Adaptive Perspective Distillation (Tian, Chen et al., TPAMI 2023, 45(2):1372-1387).
 
 Exact to the authors' code (``dvlab-research/APD``, ``tool/train.py``: ``CriterionKmeansInterWhole``
-and ``train``; METHODS §4). On the decoder feature (``sem_seg_head.feature``: 512 channels at 1/8
+and ``train``; docs/methods.md §4). On the decoder feature (``sem_seg_head.feature``: 512 channels at 1/8
 for PSPNet / DeepLabV3+) of teacher and student:
 
 * adapters ("perspective transforms"): student ``Tr_S`` and teacher ``Tr_T``, each
@@ -22,16 +22,22 @@ for PSPNet / DeepLabV3+) of teacher and student:
   ``K``-class layout with **logit 0 for absent classes**, bilinearly upsampled
   (``align_corners=True``) to the label size. ``L_soft`` trains **only** ``Tr_T``, with its own
   Adam (lr 1e-5, betas (0.9, 0.99), no weight decay, constant lr: the code's poly update of this
-  optimiser loops over group indices from 5 while it has one group), stepped inside the loss's
-  forward, i.e. inside the training step and before the student's backward, and only when
-  ``L_soft > 0`` (the code's condition). The student's terms see ``a_T`` and ``μ_T`` detached,
-  so nothing of them reaches ``Tr_T``.
+  optimiser loops over group indices from 5 while it has one group), and only when ``L_soft > 0``
+  (the code's condition). The student's terms see ``a_T`` and ``μ_T`` detached, so nothing of
+  them reaches ``Tr_T``, and ``L_soft`` sees the teacher feature detached, so nothing of it
+  reaches the student.
 
 Entries: ``loss_kd_apd`` = ``AP_WEIGHT · L_ap`` and ``loss_kd_apd_pa`` = ``PA_WEIGHT · L_pa``
-(both then scaled by the scheduled ``WEIGHT``, 1.0), and ``apd_soft`` = ``L_soft`` (detached, for
-the log; not a ``loss`` key, so the trainer does not add it to the student's objective).
+(both then scaled by the scheduled ``WEIGHT``, 1.0), and ``apd_soft`` = ``L_soft`` (with its
+graph; not a ``loss`` key, so it is not in the student's objective). The loss declares ``Tr_T``'s
+optimizer (:meth:`_APDBase.extra_optimizers`: ``bcd.solver.OptimizerSpec`` with objective
+``apd_soft``); the trainer builds it, back-propagates ``apd_soft`` in the step's one backward
+pass, steps it after the student's optimizer (not at an iteration where ``L_soft`` is 0 on every
+process) and saves its state in every checkpoint (``optimizer.apd.teacher_adapter``). The code
+steps ``Tr_T`` before the student's backward; the order does not matter, since the student's
+terms were computed from the same forward.
 The APD recipe's logit term is :class:`bcd.distill.losses.pixel_kd.PixelKD` with
-``REDUCTION elementwise`` and ``RESIZE input`` (METHODS §4.4, §4.6 item 2), weight 10.
+``REDUCTION elementwise`` and ``RESIZE input`` (docs/methods.md §4.4, §4.6 item 2), weight 10.
 
 A batch without any valid label gives 0 for every term (and no ``Tr_T`` step). The code skips
 such an iteration for the student as well (its 60×60 check); here the student's task loss is
@@ -39,18 +45,19 @@ still applied: the loss cannot skip a step.
 
 Several processes: the code builds the prototypes per process (per GPU batch, 2-3 images); so
 does ``gpu_batch`` here (no all-gather). ``Tr_T`` is its own DDP module in the code, so its
-gradient is averaged over processes: here its gradients are all-reduced (mean) before the Adam
-step, and ``Tr_T`` is left out of the main optimizer and of the trainer's DDP wrapper through the
-``separately_optimized`` attribute of :class:`TeacherAdapter` (``bcd/solver/build.py``).
+gradient is averaged over processes: here DDP averages it with the student's in the one
+backward pass (``L_soft`` is connected to ``Tr_T`` on every process, 0 where nothing is
+labelled).
 
-The optimiser's state is module state (``get_extra_state``), so it is in every training
-checkpoint and ``--resume`` restores it; the student's ``model_final.pth`` holds neither adapter.
+``--resume`` restores ``Tr_T``'s Adam moments and takes the config's hyper-parameters (e.g. a
+changed ``TEACHER_ADAPTER_LR``), as for the student's optimizer; the student's
+``model_final.pth`` holds neither adapter.
 
 Feature point: the code takes ``x_ppm`` after the merge block's ``Dropout2d(0.1)``; the default
 ``sem_seg_head.feature`` is before the head's dropout (name ``sem_seg_head.dropout`` for the
 code's point; the teacher runs in eval mode, where the two agree).
 
-Detectors (extension, not in the code; METHODS §4.6 item 5 [R]): :class:`APDDetection`.
+Detectors (extension, not in the code; docs/methods.md §4.6 item 5 [R]): :class:`APDDetection`.
 """
 from __future__ import annotations
 
@@ -60,9 +67,13 @@ from contextlib import nullcontext
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from bcd.modeling.heads.roi_heads import assign_fpn_levels
+from bcd.modeling.meta_arch.build import class_count_key
+from bcd.structures.image_batch import box_index_map
+from bcd.solver.build import OptimizerSpec
 
 from .base import DistillLoss, KDContext, as_tensor_feature
 from .build import KD_LOSS_REGISTRY
@@ -94,14 +105,8 @@ class StudentAdapter(nn.Sequential):
 
 
 class TeacherAdapter(nn.Sequential):
-    """``Tr_T``: ``B×C_t×h×w → B×C_t×h×w``, trained only by ``L_soft`` with its own optimiser.
-
-    ``separately_optimized = True`` tells ``bcd.solver.build_optimizer`` to leave its parameters
-    out of the main optimizer and ``bcd.engine.create_ddp_model`` to leave them out of DDP's
-    gradient reduction (they receive no gradient from the student's backward).
-    """
-
-    separately_optimized = True
+    """``Tr_T``: ``B×C_t×h×w → B×C_t×h×w``, trained only by ``L_soft`` with its own optimiser
+    (declared by the loss, :meth:`_APDBase.extra_optimizers`)."""
 
     def __init__(self, channels: int, dim: int) -> None:
         super().__init__(*_adapter(channels, dim, channels))
@@ -228,7 +233,7 @@ def apd_terms(
 
 # ------------------------------------------------------------------------------- the loss
 class _APDBase(DistillLoss):
-    """Adapters, the teacher adapter's optimiser and its step (shared by both APD losses)."""
+    """Adapters and the teacher adapter's optimizer declaration (shared by both APD losses)."""
 
     CONFIG_KEY = "APD"
 
@@ -244,16 +249,8 @@ class _APDBase(DistillLoss):
             )
         else:
             self.student_adapter = nn.Identity()
-        if n.TEACHER_ADAPTER:
-            self.teacher_adapter: Optional[TeacherAdapter] = TeacherAdapter(c_t, dim)
-            self.teacher_optimizer: Optional[torch.optim.Optimizer] = torch.optim.Adam(
-                self.teacher_adapter.parameters(),
-                lr=float(n.TEACHER_ADAPTER_LR),
-                betas=tuple(float(b) for b in n.TEACHER_ADAPTER_BETAS),
-                weight_decay=0.0,
-            )
-        else:
-            self.teacher_adapter, self.teacher_optimizer = None, None
+        self.teacher_adapter: Optional[TeacherAdapter] = (
+            TeacherAdapter(c_t, dim) if n.TEACHER_ADAPTER else None)
         self.aux_loss_keys = ["apd_soft"]
 
     def _check_config(self) -> None:
@@ -263,66 +260,26 @@ class _APDBase(DistillLoss):
         if len(n.TEACHER_ADAPTER_BETAS) != 2:
             raise ValueError(f"KD.APD.TEACHER_ADAPTER_BETAS must be 2 numbers; got {n.TEACHER_ADAPTER_BETAS}")
 
+    def extra_optimizers(self) -> Dict[str, OptimizerSpec]:
+        """``{"teacher_adapter": Adam(Tr_T; TEACHER_ADAPTER_LR, TEACHER_ADAPTER_BETAS, no weight
+        decay) minimising apd_soft}``; ``{}`` without ``TEACHER_ADAPTER``."""
+        if self.teacher_adapter is None:
+            return {}
+        n = self.node
+        return {"teacher_adapter": OptimizerSpec(
+            params=tuple(self.teacher_adapter.parameters()), objective=("apd_soft",),
+            optimizer="Adam", lr=float(n.TEACHER_ADAPTER_LR),
+            betas=tuple(float(b) for b in n.TEACHER_ADAPTER_BETAS), weight_decay=0.0,
+        )}
+
     def adapt_teacher(self, x_t: Tensor) -> Tensor:
         """``Tr_T(sg(x_t))`` (identity when ``TEACHER_ADAPTER`` is off)."""
         x_t = x_t.detach()
         return x_t if self.teacher_adapter is None else self.teacher_adapter(x_t)
 
-    def step_teacher_adapter(self, loss_soft: Tensor) -> bool:
-        """One Adam step of ``Tr_T`` on ``L_soft`` (gradients averaged over processes).
-
-        Only ``Tr_T``'s gradients are computed (``torch.autograd.grad``), so no other parameter's
-        ``.grad`` is touched. Skipped outside training, under ``no_grad``, and when ``L_soft`` is
-        0 on every process (the code steps only when ``L_soft > 0``).
-
-        Returns:
-            Whether a step was taken.
-        """
-        if self.teacher_adapter is None or not (self.training and torch.is_grad_enabled()):
-            return False
-        params = list(self.teacher_adapter.parameters())
-        has_loss = loss_soft.requires_grad and float(loss_soft.detach()) > 0
-        if has_loss:
-            grads = torch.autograd.grad(loss_soft, params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-        else:
-            grads = [torch.zeros_like(p) for p in params]
-        flag = torch.tensor([1.0 if has_loss else 0.0], device=params[0].device)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            world = dist.get_world_size()
-            flat = torch.cat([flag] + [g.reshape(-1) for g in grads])
-            dist.all_reduce(flat)
-            flag, offset = flat[:1], 1
-            for i, p in enumerate(params):
-                grads[i] = flat[offset:offset + p.numel()].view_as(p) / world  # DDP's mean
-                offset += p.numel()
-        if float(flag) <= 0:
-            return False
-        for p, g in zip(params, grads):
-            p.grad = g.detach().clone()
-        self.teacher_optimizer.step()
-        self.teacher_optimizer.zero_grad(set_to_none=True)
-        return True
-
-    # The teacher adapter's optimiser travels with the module's state_dict (checkpoints).
-    def get_extra_state(self) -> Any:
-        if self.teacher_optimizer is None:
-            return {}
-        return {"teacher_adapter_optimizer": self.teacher_optimizer.state_dict()}
-
-    def set_extra_state(self, state: Any) -> None:
-        if self.teacher_optimizer is None:
-            return
-        if not isinstance(state, dict) or "teacher_adapter_optimizer" not in state:
-            raise KeyError(
-                "KD.APD: the checkpoint holds no teacher-adapter optimiser state "
-                "('teacher_adapter_optimizer' in the APD module's extra state)"
-            )
-        self.teacher_optimizer.load_state_dict(state["teacher_adapter_optimizer"])
-
 
 def _no_autocast(device_type: str):
-    # APD's softmaxes over M classes and the teacher adapter's Adam step run in fp32.
+    # APD's softmaxes over M classes and the teacher adapter run in fp32.
     if device_type in ("cuda", "cpu"):
         return torch.autocast(device_type=device_type, enabled=False)
     return nullcontext()
@@ -331,7 +288,7 @@ def _no_autocast(device_type: str):
 @KD_LOSS_REGISTRY.register()
 class APD(_APDBase):
     """APD for semantic segmentation; entries ``loss_kd_apd`` (``L_ap``), ``loss_kd_apd_pa``
-    (``L_pa``) and ``apd_soft`` (``L_soft``, logged; it trains ``Tr_T`` inside ``forward``).
+    (``L_pa``) and ``apd_soft`` (``L_soft``, the objective of ``Tr_T``'s optimizer).
 
     One feature pair (``KD.APD.STUDENT_FEATURES`` / ``TEACHER_FEATURES``, default
     ``sem_seg_head.feature``); needs labels (``ImageBatch.sem_seg``).
@@ -376,35 +333,15 @@ class APD(_APDBase):
                 f_s, f_t, labels, labels_full, self.num_classes, float(self.node.KAPPA),
                 ctx.ignore_value, bool(self.node.NORMALIZE), self.node.SCOPE, valid,
             )
-            stepped = self.step_teacher_adapter(out["soft"])
-        self.last_stats = {"present": float(out["present"]), "teacher_adapter_step": float(stepped)}
+        self.last_stats = {"present": float(out["present"])}
         return {
             self.loss_key: float(self.node.AP_WEIGHT) * out["ap"],
             f"{self.loss_key}_pa": float(self.node.PA_WEIGHT) * out["pa"],
-            "apd_soft": out["soft"].detach(),
+            "apd_soft": out["soft"],  # Tr_T's objective (extra_optimizers)
         }
 
 
 # ------------------------------------------------------------------------------- detectors
-def assign_fpn_levels(
-    boxes: Tensor, min_level: int, max_level: int, canonical_box_size: float = 224.0,
-    canonical_level: int = 4,
-) -> Tensor:
-    """FPN scale rule (Lin et al. 2017, Eq. 1; Detectron2 ``assign_boxes_to_levels``):
-    ``k = floor(k0 + log2(sqrt(wh) / 224))`` clamped to ``[min_level, max_level]``.
-
-    Args:
-        boxes: ``N×4`` XYXY.
-
-    Returns:
-        ``N`` int64 levels (e.g. 3 for P3).
-    """
-    wh = (boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)
-    size = wh.sqrt()
-    lvl = torch.floor(canonical_level + torch.log2(size / canonical_box_size + 1e-8))
-    return lvl.clamp(min=min_level, max=max_level).long()
-
-
 def detection_level_labels(
     boxes: Sequence[Tensor],
     classes: Sequence[Tensor],
@@ -416,9 +353,10 @@ def detection_level_labels(
     num_classes: int,
     ignore_value: int = -1,
 ) -> Tensor:
-    """``B×h×w`` labels of one FPN level for APD on a detector ([R], METHODS §4.6 item 5).
+    """``B×h×w`` labels of one FPN level for APD on a detector ([R], docs/methods.md §4.6 item 5).
 
-    A cell (centre ``((x + 0.5)·W/w, (y + 0.5)·H/h)`` in input pixels) is
+    A cell (centre ``((x + 0.5)·W/w, (y + 0.5)·H/h)`` in input pixels, the boxes rasterised by
+    ``bcd.structures.box_index_map``) is
 
     * class ``c`` when it lies in a box of class ``c`` assigned to this level (the smaller box
       wins where boxes overlap);
@@ -434,35 +372,31 @@ def detection_level_labels(
     h, w = grid
     H, W = padded
     device = boxes[0].device if len(boxes) else torch.device("cpu")
-    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (H / h)
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (H / h)  # cell centres
     xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * (W / w)
     out = torch.full((len(boxes), h, w), num_classes, dtype=torch.long, device=device)
     for i, (b, c, lv) in enumerate(zip(boxes, classes, levels)):
         ih, iw = image_sizes[i]
-        inside_img = (ys[:, None] < ih) & (xs[None, :] < iw)
         if b.numel():
-            b = b.float()
-            area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-            for j in torch.argsort(area, descending=True).tolist():  # small boxes painted last
-                x0, y0, x1, y1 = b[j].tolist()
-                m = (ys[:, None] >= y0) & (ys[:, None] < y1) & (xs[None, :] >= x0) & (xs[None, :] < x1)
-                out[i][m] = int(c[j]) if int(lv[j]) == level else ignore_value
-        out[i][~inside_img] = ignore_value
+            idx = box_index_map(b, grid, padded)  # the smallest box containing each cell centre
+            inside = idx >= 0
+            j = idx[inside]
+            out[i][inside] = torch.where(lv.to(device)[j] == level, c.to(device)[j].long(),
+                                         torch.full_like(j, ignore_value))
+        out[i][~((ys[:, None] < ih) & (xs[None, :] < iw))] = ignore_value
     return out
 
 
-# The config key of a detector's class count, per meta-architecture.
-_DET_CLASS_KEYS = {"RetinaNet": "RETINANET", "GFL": "GFL", "CascadeMaskRCNN": "ROI_HEADS"}
-
-
 def _detector_num_classes(cfg) -> int:
+    """The student detector's class count, from its meta-architecture's ``CLASS_COUNT``."""
     arch = cfg.MODEL.META_ARCHITECTURE
-    if arch not in _DET_CLASS_KEYS:
+    key = class_count_key(arch)
+    if key is None or key.metadata_field != "thing_classes" or not key.num_classes_key:
         raise ValueError(
-            f"KD loss APDDetection: MODEL.META_ARCHITECTURE '{arch}' is not a known detector "
-            f"({', '.join(sorted(_DET_CLASS_KEYS))}); use the loss 'APD' for segmentation"
+            f"KD loss APDDetection: MODEL.META_ARCHITECTURE '{arch}' is not a detector with a "
+            f"configured class count (its CLASS_COUNT); use the loss 'APD' for segmentation"
         )
-    return int(cfg.MODEL[_DET_CLASS_KEYS[arch]].NUM_CLASSES)
+    return key.num_classes(cfg)
 
 
 @KD_LOSS_REGISTRY.register()
@@ -537,9 +471,8 @@ class APDDetection(_APDBase):
                 pa.append(out["pa"])
                 soft.append(out["soft"])
             loss_soft = torch.stack(soft).mean()
-            self.step_teacher_adapter(loss_soft)
         return {
             self.loss_key: float(self.node.AP_WEIGHT) * torch.stack(ap).mean(),
             f"{self.loss_key}_pa": float(self.node.PA_WEIGHT) * torch.stack(pa).mean(),
-            "apd_soft": loss_soft.detach(),
+            "apd_soft": loss_soft,  # Tr_T's objective (extra_optimizers)
         }

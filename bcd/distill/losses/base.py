@@ -28,12 +28,18 @@ A loss is one file in ``bcd/distill/losses/``. It
   *unweighted*: the ``Distiller`` multiplies each by the loss's scheduled weight, except the keys
   in ``aux_loss_keys`` (e.g. the BCD teacher-head pseudo-affinity loss, which trains only KD
   modules at its own fixed weight).
+* A loss whose own parameters train on an objective of their own (APD's teacher adapter, on
+  ``L_soft``) declares their optimizer in :meth:`DistillLoss.extra_optimizers`
+  (``bcd.solver.OptimizerSpec``: parameters, the loss-dict entries to minimise, optimizer and
+  hyper-parameters) and returns the objective as an entry with its graph (a key in
+  ``aux_loss_keys``, not starting with ``loss``). The trainer builds, steps and checkpoints that
+  optimizer (``bcd/engine/train_loop.py``); a loss never steps an optimizer itself.
 * Losses with an adaptive temperature own :class:`bcd.distill.schedule.TemperatureController`
   submodules; they call ``controller.observe(...)`` in ``forward`` (no grad) and the Distiller's
   hook calls ``controller.step()`` after the optimizer step. ``temperatures()`` lists them for
   logging.
 
-Masks (docs/methods.md, "Masks"): ``ctx.valid_mask(size)`` is ``B×h×w`` bool. The ``Distiller``
+Masks (docs/methods.md §1.2): ``ctx.valid_mask(size)`` is ``B×h×w`` bool. The ``Distiller``
 alone reads ``KD.<LOSS>.MASK`` and sets ``ctx.mask`` before each loss: with it, True where a cell
 is inside its image (not padding) and, when labels exist, its label is not the ignore value
 (``ImageBatch.valid_mask``); without it, all True. Losses always call ``ctx.valid_mask`` and never
@@ -240,6 +246,12 @@ class DistillLoss(nn.Module):
         if key not in self._shared:
             self._shared[key] = factory()
         return self._shared[key]
+
+    def extra_optimizers(self) -> Dict[str, Any]:
+        """``{name: bcd.solver.OptimizerSpec}``: parameters of this loss that train with an
+        optimizer of their own on an entry this loss returns (the module docstring); the
+        ``Distiller`` publishes them as ``<NAME>.<name>``. None by default."""
+        return {}
 
     def temperatures(self) -> Dict[str, Any]:
         """``{tag: TemperatureController}`` of this loss (for the step hook and logging)."""

@@ -1,6 +1,6 @@
 """LD: Localization Distillation for GFL-style box distributions (Zheng et al., CVPR 2022).
 
-docs/methods.md ("LD"), following ``HikariTJU/LD`` (``ld_head.py``, ``kd_loss.py``): teacher and student
+docs/methods.md §5.8, following ``HikariTJU/LD`` (``ld_head.py``, ``kd_loss.py``): teacher and student
 are GFL detectors with the same anchors (FPN P3–P7, one anchor per location) and ``REG_MAX``.
 On the student's ATSS positives, each of the 4 box sides is distilled::
 

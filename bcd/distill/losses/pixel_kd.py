@@ -5,7 +5,7 @@ of the logits' grid (``batchmean-over-tokens``, CIRKD's reduction). When the two
 the coarser map is bilinearly upsampled. Defaults (CIRKD): τ = 1, λ = 1, features
 ``sem_seg_head.predictor`` on both sides. ``MASK=False`` reproduces CIRKD (no ignore mask).
 
-APD's logit term (METHODS §4.4, §4.6 item 2; ``dvlab-research/APD`` ``CriterionKD``) is this loss
+APD's logit term (docs/methods.md §4.4, §4.6 item 2; ``dvlab-research/APD`` ``CriterionKD``) is this loss
 with two switches: ``RESIZE input`` (both logit maps bilinearly upsampled to the padded input /
 label size, ``align_corners=True``, instead of the coarser map to the finer one) and ``REDUCTION
 elementwise`` (PyTorch ``KLDivLoss()``'s default mean over ``B·K·H·W``, i.e. the per-pixel KL

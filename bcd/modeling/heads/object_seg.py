@@ -1,4 +1,4 @@
-"""Heads of ``ObjectSegmentor`` (METHODS.md §3.2, a reconstruction [R]).
+"""Heads of ``ObjectSegmentor`` (docs/methods.md §3.2, a reconstruction [R]).
 
 * ``ObjectSegDecoder``: the lightweight inference network's decoder. Each level of the backbone
   (``res2`` .. ``res5``) goes through a 1×1 conv-BN-ReLU to ``channels`` (``U_l``); all are

@@ -1,6 +1,6 @@
 """Cascade R-CNN box heads and the Mask R-CNN mask head (Detectron2's ``CascadeROIHeads``).
 
-Built from torchvision parts: ``roi_align`` with torchvision's FPN ``LevelMapper`` (pooling),
+Built from torchvision parts: ``roi_align`` with the FPN level rule (``assign_fpn_levels``, pooling),
 ``TwoMLPHead`` (box head), ``MaskRCNNHeads`` + ``MaskRCNNPredictor`` (mask head: 4 3×3 convs,
 2×2 deconv, 1×1 per-class predictor, 28×28 masks), ``BoxCoder`` (per-stage weights),
 ``Matcher``, ``BalancedPositiveNegativeSampler``, ``batched_nms``.
@@ -38,11 +38,10 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import batched_nms, box_iou, roi_align
-from torchvision.ops.poolers import LevelMapper
 
 from ...structures import Instances
 
-__all__ = ["ROIPooler", "FastRCNNOutputLayers", "CascadeROIHeads", "clip_boxes"]
+__all__ = ["ROIPooler", "FastRCNNOutputLayers", "CascadeROIHeads", "assign_fpn_levels", "clip_boxes"]
 
 
 def clip_boxes(boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:
@@ -52,12 +51,36 @@ def clip_boxes(boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:
                         boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], dim=1)
 
 
+def assign_fpn_levels(
+    boxes: Tensor, min_level: int, max_level: int, canonical_box_size: float = 224.0,
+    canonical_level: int = 4,
+) -> Tensor:
+    """The FPN level of each box (Lin et al. 2017, Eq. 1): ``k = ⌊k0 + log2(√(wh) / 224)⌋``
+    clamped to ``[min_level, max_level]``; the one level rule of ``bcd`` (RoI pooling, APD on
+    detectors).
+
+    As torchvision's ``LevelMapper`` (``+1e-6`` after the log; Detectron2's
+    ``assign_boxes_to_levels`` adds ``1e-8`` inside it: the two differ only for boxes within
+    1e-6 of a level boundary). A box of zero (or negative) width or height gets ``min_level``.
+
+    Args:
+        boxes: ``N×4`` XYXY (pixels).
+
+    Returns:
+        ``N`` int64 absolute levels (e.g. 3 for P3).
+    """
+    wh = (boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)
+    lvl = torch.floor(canonical_level + torch.log2(torch.sqrt(wh) / canonical_box_size)
+                      + torch.tensor(1e-6, dtype=wh.dtype))
+    return lvl.clamp(min=min_level, max=max_level).long()
+
+
 class ROIPooler(nn.Module):
     """RoIAlign over FPN levels (Detectron2 ``ROIAlignV2``: ``aligned=True``, half-pixel shift).
 
     torchvision's ``MultiScaleRoIAlign`` calls ``roi_align`` with ``aligned=False``; Detectron2's
-    FPN models use ``aligned=True``. The level of a box is torchvision's ``LevelMapper``
-    (canonical size 224 at level 4, clamped to the levels given).
+    FPN models use ``aligned=True``. The level of a box is :func:`assign_fpn_levels` (canonical
+    size 224 at level 4, clamped to the levels given).
 
     Args:
         output_size: side of the pooled grid (7 box head, 14 mask head).
@@ -69,8 +92,7 @@ class ROIPooler(nn.Module):
         super().__init__()
         self.output_size = (int(output_size), int(output_size))
         self.scales = [1.0 / s for s in strides]
-        lvl_min, lvl_max = int(math.log2(strides[0])), int(math.log2(strides[-1]))
-        self.mapper = LevelMapper(lvl_min, lvl_max, canonical_scale=224, canonical_level=4)
+        self.min_level, self.max_level = int(math.log2(strides[0])), int(math.log2(strides[-1]))
         self.sampling_ratio = int(sampling_ratio)
 
     def forward(self, features: List[Tensor], boxes: List[Tensor]) -> Tensor:
@@ -85,7 +107,7 @@ class ROIPooler(nn.Module):
             return out
         if len(features) == 1:
             return roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio, True)
-        levels = self.mapper([b for b in boxes])
+        levels = assign_fpn_levels(torch.cat(list(boxes)), self.min_level, self.max_level) - self.min_level
         for lvl, (feat, scale) in enumerate(zip(features, self.scales)):
             idx = torch.where(levels == lvl)[0]
             if idx.numel():

@@ -5,7 +5,7 @@ They live with the model (not in ``bcd/distill``) because there is no external t
 
 * ``structure_loss``: F3Net's weighted BCE + weighted IoU (Wei et al., AAAI 2020), the task loss.
 * ``binary_distillation``: pixel KD between two one-logit maps, divergence "bce" / "kl" / "mse"
-  at temperature T (METHODS §3.2: ``D = mean_px BCE(σ(s/T), σ(t/T))·T²``).
+  at temperature T (docs/methods.md §3.2: ``D = mean_px BCE(σ(s/T), σ(t/T))·T²``).
 * ``feature_consistency``: ``‖norm(U) − sg(norm(Ã))‖²`` (channel-wise L2 norm), mean over pixels.
 * ``SelfDistillationLoss``: the per-method sum, from ``MODEL.SKD``.
 
@@ -107,7 +107,7 @@ def binary_distillation(
 
     With ``p_s = σ(s/T)``, ``p_t = σ(t/T)``:
 
-    * "bce": ``mean_px BCE(p_s, p_t) · T²`` (METHODS §3.2);
+    * "bce": ``mean_px BCE(p_s, p_t) · T²`` (docs/methods.md §3.2);
     * "kl": the binary KL ``mean_px [p_t log(p_t/p_s) + (1−p_t) log((1−p_t)/(1−p_s))] · T²``
       (= "bce" minus the teacher's entropy: same gradient, 0 at agreement);
     * "mse": ``mean_px (p_s − p_t)²``.

@@ -21,11 +21,11 @@ from typing import Any, Dict, List
 import torch
 from torch import Tensor, nn
 
-from ...structures import ImageBatch, Instances, pad_to_divisible
+from ...structures import ImageBatch, Instances
 from ..backbone import build_backbone
 from ..heads.roi_heads import CascadeROIHeads, paste_masks
 from ..heads.rpn import RPN, grid_anchors
-from .build import META_ARCH_REGISTRY
+from .build import META_ARCH_REGISTRY, ClassCountKey
 
 __all__ = ["CascadeMaskRCNN", "MaskRCNN", "detector_postprocess"]
 
@@ -57,6 +57,8 @@ class CascadeMaskRCNN(nn.Module):
     ``MODEL.ROI_BOX_CASCADE_HEAD``, ``MODEL.ROI_MASK_HEAD``, ``MODEL.MASK_ON``, ``MODEL.FPN``.
     """
 
+    CLASS_COUNT = ClassCountKey("MODEL.ROI_HEADS.NUM_CLASSES", "thing_classes")
+
     def __init__(self, cfg) -> None:
         super().__init__()
         self.backbone = build_backbone(cfg)
@@ -75,7 +77,7 @@ class CascadeMaskRCNN(nn.Module):
         ch = channels.pop()
         self.proposal_generator = RPN(cfg, ch, [shapes[f].stride for f in self.rpn_in_features])
         self.roi_heads = CascadeROIHeads(cfg, ch, [shapes[f].stride for f in self.roi_in_features])
-        self.num_classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        self.num_classes = self.CLASS_COUNT.num_classes(cfg)
         self.mask_on = bool(cfg.MODEL.MASK_ON)
         self.size_divisibility = max(int(cfg.INPUT.SIZE_DIVISIBILITY),
                                      int(getattr(self.backbone, "size_divisibility", 1)))
@@ -89,15 +91,9 @@ class CascadeMaskRCNN(nn.Module):
 
     def preprocess(self, batched_inputs: List[Dict[str, Any]]) -> ImageBatch:
         """Normalise (``MODEL.PIXEL_MEAN/STD``), pad bottom / right to ``size_divisibility``
-        (zeros after normalisation, as Detectron2), move images and ``instances`` to the device."""
-        images = [(x["image"].to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
-                  for x in batched_inputs]
-        instances = None
-        if all("instances" in x for x in batched_inputs):
-            instances = [x["instances"].to(self.device) for x in batched_inputs]
-        return ImageBatch(tensor=pad_to_divisible(images, self.size_divisibility),
-                          image_sizes=[tuple(im.shape[-2:]) for im in images],
-                          instances=instances, inputs=list(batched_inputs))
+        (zeros after normalisation, as Detectron2), move images and ``instances`` to the device
+        (``ImageBatch.from_inputs``)."""
+        return ImageBatch.from_inputs(batched_inputs, self.pixel_mean, self.pixel_std, self.size_divisibility)
 
     def forward(self, batched_inputs: List[Dict[str, Any]]):
         return self.forward_batch(self.preprocess(batched_inputs))

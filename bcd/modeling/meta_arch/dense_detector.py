@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import batched_nms
 
-from ...structures import ImageBatch, Instances, pad_to_divisible
+from ...structures import ImageBatch, Instances
 from ..backbone import build_backbone
 
 __all__ = ["DenseDetector", "flatten_levels", "permute_to_N_HWA_K"]
@@ -82,26 +82,13 @@ class DenseDetector(nn.Module):
     # ------------------------------------------------------------------ protocol
     def preprocess(self, batched_inputs: List[Dict[str, Any]]) -> ImageBatch:
         """Normalise (``MODEL.PIXEL_MEAN/STD``), pad bottom / right to ``size_divisibility``,
-        move images and ``instances`` to the model's device.
+        move images and ``instances`` to the model's device (``ImageBatch.from_inputs``).
 
         Returns:
             ``ImageBatch`` with ``tensor`` ``B×3×H×W`` float and ``image_sizes`` the unpadded
             ``(h, w)`` of each input image.
         """
-        images = [
-            (x["image"].to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
-            for x in batched_inputs
-        ]
-        tensor = pad_to_divisible(images, self.size_divisibility)
-        instances = None
-        if all("instances" in x for x in batched_inputs):
-            instances = [x["instances"].to(self.device) for x in batched_inputs]
-        return ImageBatch(
-            tensor=tensor,
-            image_sizes=[tuple(im.shape[-2:]) for im in images],
-            instances=instances,
-            inputs=list(batched_inputs),
-        )
+        return ImageBatch.from_inputs(batched_inputs, self.pixel_mean, self.pixel_std, self.size_divisibility)
 
     def forward(self, batched_inputs: List[Dict[str, Any]]):
         return self.forward_batch(self.preprocess(batched_inputs))

@@ -35,7 +35,7 @@ from torchvision.ops import box_iou, generalized_box_iou_loss
 from ...structures import ImageBatch, Instances
 from ...utils.comm import reduce_mean
 from ..backbone.backbone import get_norm
-from .build import META_ARCH_REGISTRY
+from .build import META_ARCH_REGISTRY, ClassCountKey
 from .dense_detector import DenseDetector, flatten_levels, permute_to_N_HWA_K
 
 __all__ = [
@@ -253,10 +253,11 @@ class GFL(DenseDetector):
     """
 
     box_key = "bbox_dist"
+    CLASS_COUNT = ClassCountKey("MODEL.GFL.NUM_CLASSES", "thing_classes")
 
     def __init__(self, cfg) -> None:
         c = cfg.MODEL.GFL
-        super().__init__(cfg, c.IN_FEATURES, c.NUM_CLASSES)
+        super().__init__(cfg, c.IN_FEATURES, self.CLASS_COUNT.num_classes(cfg))
         self.reg_max = int(c.REG_MAX)
         self.anchor_generator = AnchorGenerator(
             tuple((float(c.ANCHOR_SCALE * s),) for s in self.strides),

@@ -3,7 +3,7 @@
 The lightweight *inference network* (backbone + ``ObjectSegDecoder``) is what is deployed; with
 ``MODEL.SKD.METHOD`` other than "none" a training-only auxiliary network
 (``PyramidSelfDistillationNetwork``) is appended to the backbone and trained with the
-self-distillation losses of ``bcd/modeling/losses/object_seg.py``. METHODS.md §3.2; every
+self-distillation losses of ``bcd/modeling/losses/object_seg.py``. docs/methods.md §3.2; every
 detail beyond the abstract and the authors' README is a reconstruction behind a ``MODEL.SKD`` /
 ``MODEL.OBJECT_SEG`` switch.
 
@@ -24,7 +24,7 @@ from ...structures.image_batch import ImageBatch, pad_to_divisible
 from ..backbone import build_backbone
 from ..heads.object_seg import ObjectSegDecoder, PyramidSelfDistillationNetwork
 from ..losses.object_seg import SKD_METHODS, SelfDistillationLoss
-from .build import META_ARCH_REGISTRY
+from .build import META_ARCH_REGISTRY, ClassCountKey
 
 __all__ = ["ObjectSegmentor"]
 
@@ -44,6 +44,9 @@ class ObjectSegmentor(nn.Module):
     ``decoder.fuse``, ``decoder.predictor``; training only: ``aux.pyramids.<i>``,
     ``aux.fusions.<i>``, ``aux.scores.<i>``.
     """
+
+    # one foreground class, nothing to configure
+    CLASS_COUNT = ClassCountKey("", "thing_classes")
 
     def __init__(self, cfg) -> None:
         super().__init__()
@@ -123,30 +126,11 @@ class ObjectSegmentor(nn.Module):
     # ------------------------------------------------------------------------------ protocol
     def preprocess(self, batched_inputs: List[Dict[str, Any]]) -> ImageBatch:
         """Normalise the ``image``s, pad them (zeros) and their ``sem_seg`` masks (255) to a
-        multiple of ``self.size_divisibility``, on the model's device. Masks of another size
-        than their image (the test mapper keeps them at the original size) are left out."""
-        images = [
-            (x["image"].to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
-            for x in batched_inputs
-        ]
-        sizes = [tuple(int(v) for v in im.shape[-2:]) for im in images]
-        tensor = pad_to_divisible(images, self.size_divisibility, 0.0)
-        sem_seg = None
-        if batched_inputs and all("sem_seg" in x for x in batched_inputs):
-            bad = [
-                (x.get("file_name", i), tuple(x["sem_seg"].shape[-2:]), sizes[i])
-                for i, x in enumerate(batched_inputs)
-                if tuple(x["sem_seg"].shape[-2:]) != sizes[i]
-            ]
-            if not bad:
-                masks = [x["sem_seg"].to(self.device, non_blocking=True).long() for x in batched_inputs]
-                sem_seg = pad_to_divisible(masks, self.size_divisibility, IGNORE_VALUE)
-            elif self.training:
-                name, mask_size, image_size = bad[0]
-                raise ValueError(
-                    f"Training input '{name}': mask of size {mask_size} does not match its image {image_size}"
-                )
-        return ImageBatch(tensor=tensor, image_sizes=sizes, sem_seg=sem_seg, inputs=list(batched_inputs))
+        multiple of ``self.size_divisibility``, on the model's device (``ImageBatch.from_inputs``).
+        Masks of another size than their image (the test mapper keeps them at the original size)
+        are left out; in training they are an error."""
+        return ImageBatch.from_inputs(batched_inputs, self.pixel_mean, self.pixel_std,
+                                      self.size_divisibility, IGNORE_VALUE, strict_labels=self.training)
 
     def _levels(self, features: Dict[str, Tensor]) -> List[Tensor]:
         return [features[f] for f in self.in_features]

@@ -23,7 +23,7 @@ from torchvision.ops import box_iou, sigmoid_focal_loss
 
 from ...structures import ImageBatch, Instances
 from ..heads.rpn import DefaultAnchorGenerator
-from .build import META_ARCH_REGISTRY
+from .build import META_ARCH_REGISTRY, ClassCountKey
 from .dense_detector import DenseDetector, flatten_levels, permute_to_N_HWA_K
 
 __all__ = ["DenseDetector", "RetinaNet", "RetinaNetHead", "permute_to_N_HWA_K"]
@@ -81,10 +81,11 @@ class RetinaNet(DenseDetector):
     """
 
     box_key = "bbox_reg"
+    CLASS_COUNT = ClassCountKey("MODEL.RETINANET.NUM_CLASSES", "thing_classes")
 
     def __init__(self, cfg) -> None:
         c = cfg.MODEL.RETINANET
-        super().__init__(cfg, c.IN_FEATURES, c.NUM_CLASSES)
+        super().__init__(cfg, c.IN_FEATURES, self.CLASS_COUNT.num_classes(cfg))
         n = len(self.in_features)
         sizes = _per_level(cfg.MODEL.ANCHOR_GENERATOR.SIZES, n, "MODEL.ANCHOR_GENERATOR.SIZES")
         ratios = _per_level(

@@ -12,7 +12,7 @@ from ...utils.registry import lookup
 from ..backbone import build_backbone
 from ..heads import SEM_SEG_HEAD_REGISTRY
 from ..heads.aux_head import FCNAuxHead
-from .build import META_ARCH_REGISTRY
+from .build import META_ARCH_REGISTRY, ClassCountKey
 
 __all__ = ["SemanticSegmentor", "semantic_cross_entropy"]
 
@@ -47,10 +47,13 @@ class SemanticSegmentor(nn.Module):
     ``sem_seg_head.feature``, ``sem_seg_head.predictor``, ``aux_head``.
     """
 
+    CLASS_COUNT = ClassCountKey(
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "stuff_classes", "MODEL.SEM_SEG_HEAD.IGNORE_VALUE")
+
     def __init__(self, cfg) -> None:
         super().__init__()
         self.build_networks(cfg)
-        self.num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        self.num_classes = self.CLASS_COUNT.num_classes(cfg)
         self.ignore_value = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
         self.loss_weight = cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT
         self.aux_loss_weight = cfg.MODEL.AUX_HEAD.LOSS_WEIGHT
@@ -93,32 +96,10 @@ class SemanticSegmentor(nn.Module):
     # ------------------------------------------------------------------------------ protocol
     def preprocess(self, batched_inputs: List[Dict[str, Any]]) -> ImageBatch:
         """Normalise the ``image``s, pad them (zeros) and their ``sem_seg`` (ignore value) to a
-        multiple of ``self.size_divisibility``, on the model's device."""
-        images = [
-            (x["image"].to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
-            for x in batched_inputs
-        ]
-        sizes = [tuple(int(s) for s in im.shape[-2:]) for im in images]
-        tensor = pad_to_divisible(images, self.size_divisibility, 0.0)
-        sem_seg = None
-        if len(batched_inputs) > 0 and all("sem_seg" in x for x in batched_inputs):
-            mismatch = [
-                (x.get("file_name", i), tuple(x["sem_seg"].shape[-2:]), sizes[i])
-                for i, x in enumerate(batched_inputs)
-                if tuple(x["sem_seg"].shape[-2:]) != sizes[i]
-            ]
-            if not mismatch:
-                labels = [x["sem_seg"].to(self.device, non_blocking=True).long() for x in batched_inputs]
-                sem_seg = pad_to_divisible(labels, self.size_divisibility, self.ignore_value)
-            elif self.training:
-                name, label_size, image_size = mismatch[0]
-                raise ValueError(
-                    f"Training input '{name}': sem_seg of size {label_size} does not match its "
-                    f"image {image_size}"
-                )
-            # Evaluation: the test mapper keeps labels at the original size while the image may
-            # be resized; the evaluator compares them with the output at height × width.
-        return ImageBatch(tensor=tensor, image_sizes=sizes, sem_seg=sem_seg, inputs=list(batched_inputs))
+        multiple of ``self.size_divisibility``, on the model's device (``ImageBatch.from_inputs``;
+        in training a label of another size than its image is an error)."""
+        return ImageBatch.from_inputs(batched_inputs, self.pixel_mean, self.pixel_std,
+                                      self.size_divisibility, self.ignore_value, strict_labels=self.training)
 
     def extract(self, batch: ImageBatch) -> Dict[str, Any]:
         """Raw outputs: ``{"logits": B×K×h×w}`` at the head's stride, and ``"features"``, the
