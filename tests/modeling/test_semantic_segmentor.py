@@ -271,3 +271,22 @@ def test_every_meta_architecture_batches_through_image_batch_from_inputs():
         if fn is None or name == "Distiller":
             continue
         assert "ImageBatch.from_inputs(" in inspect.getsource(fn), name
+
+
+def test_every_meta_architecture_declares_its_class_count():
+    """``CLASS_COUNT`` (a ``ClassCountKey``) on every registered meta-architecture, naming a key
+    of the default config; the Mask2Former segmentor's is the semantic segmentor's."""
+    from bcd.config import get_cfg
+    from bcd.modeling.meta_arch import META_ARCH_REGISTRY, ClassCountKey
+    from bcd.modeling.meta_arch.mask2former import Mask2FormerSegmentor
+    from bcd.modeling.meta_arch.semantic_seg import SemanticSegmentor
+
+    cfg = get_cfg()
+    for name, cls in META_ARCH_REGISTRY:
+        if name == "Distiller":
+            continue  # its student's
+        key = getattr(cls, "CLASS_COUNT", None)
+        assert isinstance(key, ClassCountKey), name
+        if key.num_classes_key:
+            assert key.num_classes(cfg) > 0, name
+    assert Mask2FormerSegmentor.CLASS_COUNT == SemanticSegmentor.CLASS_COUNT

@@ -95,7 +95,7 @@ def mask2former_config(cfg):
         raise ValueError(f"MODEL.MASK2FORMER.BACKBONE must be 'swin' or 'resnet'; got '{m.BACKBONE}'")
     return Mask2FormerConfig(
         backbone_config=backbone,
-        num_labels=int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES),
+        num_labels=Mask2FormerSegmentor.CLASS_COUNT.num_classes(cfg),
         ignore_value=int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE),
         feature_size=int(m.CONVS_DIM), mask_feature_size=int(m.MASK_DIM),
         encoder_layers=int(m.ENC_LAYERS), encoder_feedforward_dim=int(m.ENC_DIM_FEEDFORWARD),
@@ -191,6 +191,9 @@ class Mask2FormerSegmentor(SemanticSegmentor):
     (the normalised input), ``backbone.res2`` .. ``backbone.res5``, ``sem_seg_head.feature``,
     ``sem_seg_head.predictor`` (identities on what ``extract`` publishes).
     """
+
+    # the classes are configured as for every semantic segmentor (mask2former_config reads them)
+    CLASS_COUNT = SemanticSegmentor.CLASS_COUNT
 
     def build_networks(self, cfg) -> None:
         """The transformers model of :func:`mask2former_config` and the feature taps; loads
