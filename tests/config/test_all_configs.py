@@ -1,8 +1,9 @@
 """Every YAML under configs/ loads (``_BASE_`` chains merged, every key known), names datasets
 the catalog knows, and builds: the model of each config and, for a distillation config, its
 teacher's (from ``KD.TEACHER.CONFIG_FILE``), on the meta device (no memory, no weights; each
-distinct model once), with every KD loss registered and every feature it records a module of
-the student / teacher. ``Base-*.yaml`` mixins are loaded only."""
+distinct model once), with every KD loss registered, every feature it records a module of
+the student / teacher, and every ``SOLVER.LR_MULTIPLIERS`` prefix a module of the config's
+network. ``Base-*.yaml`` mixins are loaded only."""
 from __future__ import annotations
 
 import glob
@@ -47,6 +48,7 @@ def test_config_loads_and_builds(path):
     from bcd.distill.distiller import teacher_config
     from bcd.distill.losses import KD_LOSS_REGISTRY
     from bcd.distill.recorder import FeatureRecorder
+    from bcd.solver.build import _multiplier_rules
 
     cfg = get_cfg()
     cfg.merge_from_file(path)
@@ -58,6 +60,9 @@ def test_config_loads_and_builds(path):
         return  # a mixin: merged onto a model config, not a model of its own
     student = _meta_model(cfg)
     assert sum(p.numel() for p in student.parameters()) > 0
+    # every SOLVER.LR_MULTIPLIERS prefix names parameters of the config's own network (in a
+    # distillation config too: the solver prefixes them with 'student.'); ValueError otherwise
+    _multiplier_rules(cfg, student)
     if cfg.KD.LOSSES:
         cfg.MODEL.DEVICE = "meta"
         teacher = _meta_model(teacher_config(cfg))
