@@ -15,8 +15,10 @@ forward, ``model(inputs)`` in eval mode on one ``3×H×W`` image (a synthetic sc
 shapes): preprocessing, the network and post-processing, so a detector's RoI heads count as they
 run on the proposals of that image. Modules with parameters that did not run on it (a
 training-only head, a mask head that got no detection from random weights) are listed as not
-counted. Activations are the elements of the outputs of convolution and linear layers that ran
-(fvcore's definition). Parameters: fvcore ``parameter_count``.
+counted; a module ran when its forward did or when an operator read its parameters (a parent
+such as ``nn.MultiheadAttention`` uses its ``out_proj`` weights directly). Activations are the
+elements of the outputs of convolution and linear layers whose forward ran (fvcore's
+definition). Parameters: fvcore ``parameter_count``.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 __all__ = [
     "FLOP_UNIT",
@@ -236,6 +240,30 @@ class ModelAnalysis:
 _ACTIVATION_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
 
+class _ParameterUse(TorchDispatchMode):
+    """Records the modules whose parameters an operator read while producing a non-empty
+    output (a convolution on an empty batch, a mask head given no detection, is not a use).
+
+    Args:
+        owners: ``{id(parameter): name of the module that holds it}``.
+    """
+
+    def __init__(self, owners: Dict[int, str]) -> None:
+        super().__init__()
+        self.owners = owners
+        self.used: set = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        results = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
+        if not results or any(t.numel() for t in results):
+            for t in tree_flatten((args, kwargs))[0]:
+                name = self.owners.get(id(t)) if isinstance(t, Tensor) else None
+                if name is not None:
+                    self.used.add(name)
+        return out
+
+
 @torch.no_grad()
 def analyze_model(model: nn.Module, size: Tuple[int, int], activations: bool = True) -> ModelAnalysis:
     """Parameters, FLOPs and activations of the model's test-time forward (``model(inputs)`` in
@@ -263,10 +291,19 @@ def analyze_model(model: nn.Module, size: Tuple[int, int], activations: bool = T
             acts[name] = acts.get(name, 0) + sum(t.numel() for t in flatten_tensors(out))
 
     handles = [m.register_forward_hook(hook) for m in names]
+    # a module whose parameters a parent reads directly (nn.MultiheadAttention's out_proj,
+    # an nn.Embedding's weight) runs without its forward: it ran when an op read them
+    owners = {id(p): n for n, m in model.named_modules() for p in m.parameters(recurse=False)}
+    uses = _ParameterUse(owners)
     try:
         image = _probe(model, size)[0]
         inputs = [{"image": image, "height": int(size[0]), "width": int(size[1])}]
-        fc = flop_count(lambda: model(inputs), root=model)
+
+        def run() -> None:
+            with uses:
+                model(inputs)
+
+        fc = flop_count(run, root=model)
     finally:
         for h in handles:
             h.remove()
@@ -285,6 +322,7 @@ def analyze_model(model: nn.Module, size: Tuple[int, int], activations: bool = T
             "flops": float(flops_by.get(name, 0)),
             "activations": float(sum(acts[k] for k in inside)) if activations else None,
         }
+    ran.update(uses.used)
     # a module ran when its forward or one of its submodules' ran
     for name in list(ran):
         parts = name.split(".")

@@ -148,3 +148,33 @@ def test_latency_fields():
     assert measure_latency(model, (16, 16), iters=1, warmup=0, mode="network")["mode"] == "network"
     with pytest.raises(ValueError, match="mode"):
         measure_latency(model, (16, 16), mode="train")
+
+
+class AttentionNet(nn.Module):
+    """Tokens from a 1×1 conv, a query embedding attending to them (``nn.MultiheadAttention``
+    reads its ``out_proj`` weights and the embedding is read as ``.weight``: neither forward is
+    called), and an unused head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, 8, 1)
+        self.queries = nn.Embedding(4, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.unused = nn.Linear(8, 8)
+
+    def forward(self, inputs):
+        x = torch.stack([d["image"].float() for d in inputs])
+        tokens = self.proj(x).flatten(2).transpose(1, 2)  # B×HW×8
+        q = self.queries.weight.unsqueeze(0).repeat(len(inputs), 1, 1)  # as Mask2Former's queries
+        return self.attn(q, tokens, tokens, need_weights=False)[0]
+
+
+def test_modules_whose_parameters_a_parent_reads_ran():
+    """Not counted means not run: out_proj's FLOPs are in the attention's count, so it is not
+    listed; the head nothing reads is."""
+    m = AttentionNet()
+    a = analyze_model(m, (4, 5))
+    assert a.not_run == [("unused", count_params(m.unused))]
+    hw, d, q = 4 * 5, 8, 4
+    # conv; q / k / v projections, Q·Kᵀ and ·V, out_proj: multiply-adds, 2 FLOPs each
+    assert a.flops == 2 * (hw * 3 * d + (q + 2 * hw) * d * d + 2 * q * hw * d + q * d * d)
