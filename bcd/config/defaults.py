@@ -5,7 +5,7 @@ override may only set keys that exist (an unknown key is an error naming the clo
 Sections are owned by one area each (core, semantic segmentation, detection, distillation).
 """
 from .config import CfgNode as CN
-from .kd_defaults import add_kd_loss_configs
+from .kd_defaults import add_kd_config
 
 _C = CN()
 _C.VERSION = 1
@@ -286,43 +286,11 @@ _C.TEST.SEM_SEG.BOUNDARY_DILATION_RATIO = 0.02
 # ---------------------------------------------------------------------------------------------
 # Distillation (docs/methods.md). Empty LOSSES = plain training.
 # ---------------------------------------------------------------------------------------------
-_C.KD = CN()
-# Names of KD_LOSS_REGISTRY entries to turn on, e.g. ["BoundaryDistillation", "ContextDistillation"]
-_C.KD.LOSSES = []
-_C.KD.TEACHER = CN()
-_C.KD.TEACHER.CONFIG_FILE = ""  # the teacher's own config (a student-style config)
-_C.KD.TEACHER.WEIGHTS = ""  # the trained teacher's checkpoint (required when KD.LOSSES is set)
-_C.KD.TEACHER.OPTS = []  # overrides of the teacher config, KEY VALUE pairs
-_C.KD.EVAL_TEACHER = False  # evaluate the teacher before training and put it in kd_report
-# LR multiplier of every trainable KD module (connectors, HFA, boundary heads, projectors):
-# the Distiller exposes lr_multipliers = {"kd_modules": KD.LR_MULTIPLIER} (docs/methods.md §2.8: x10).
-_C.KD.LR_MULTIPLIER = 10.0
-# Connectors created from the recorded shapes (student -> teacher channels / size).
-_C.KD.CONNECTOR = CN()
-_C.KD.CONNECTOR.NORM = "BN"  # norm after the 1x1 conv: "", "BN", "SyncBN", "GN"
-_C.KD.CONNECTOR.SPATIAL = "interpolate"  # "interpolate" (bilinear) or "pool" (avg when larger)
-# Default weight schedule of every loss whose KD.<LOSS>.SCHEDULE.NAME is "".
-_C.KD.SCHEDULE = CN()
-_C.KD.SCHEDULE.NAME = "constant"  # "constant" or "linear_decay" (BCD Eq. 7: 1 - it/max_iter)
-_C.KD.SCHEDULE.WARMUP_ITERS = 0  # linear warm-up of the weight (0 = none)
-_C.KD.SCHEDULE.STOP_ITER = 0  # weight is 0 from this iteration on (0 = never)
-# (h, w) of the dummy batch of the dry-run forward that records feature shapes at build time.
-_C.KD.SHAPE_PROBE_SIZE = [128, 128]
-# kd_report: OUTPUT_DIR of the same student trained without KD ("" = no baseline column), and
-# of the teacher's run ("" = the folder of KD.TEACHER.WEIGHTS); their metrics.json are read.
-_C.KD.BASELINE_OUTPUT_DIR = ""
-_C.KD.TEACHER_OUTPUT_DIR = ""
-_C.KD.REPORT = True  # write OUTPUT_DIR/kd_report.{md,json} after training
-# Log ||grad KD|| / ||grad task|| on the student backbone's parameters (torch.autograd.grad, only
-# on those iterations: one extra backward pass each) as kd/grad_ratio in metrics.json /
-# TensorBoard, every PERIOD iterations. Off by default (it costs two backward passes).
-_C.KD.LOG_GRAD_RATIO = CN()
-_C.KD.LOG_GRAD_RATIO.ENABLED = False
-_C.KD.LOG_GRAD_RATIO.PERIOD = 20
-# Per-loss options: the KD.<LOSS> nodes, one function per loss in bcd/config/kd_defaults.py
-# (torch-free, so that importing bcd.config loads no model code). Keys added to those nodes here
-# must come after this call.
-add_kd_loss_configs(_C)
+# The KD node (general keys and the per-loss KD.<LOSS> nodes) is declared by
+# bcd/config/kd_defaults.py (torch-free, so that importing bcd.config loads no model code; the
+# Detectron2 project projects/bcd adds the same node to a Detectron2 config). Keys added to
+# those nodes here must come after this call.
+add_kd_config(_C)
 
 # ---------------------------------------------------------------------------------------------
 # Misc
@@ -433,11 +401,6 @@ _C.KD.APD.SCOPE = "gpu_batch"
 _C.KD.APD.DET = CN()
 _C.KD.APD.DET.CANONICAL_BOX_SIZE = 224.0
 _C.KD.APD.DET.CANONICAL_LEVEL = 4
-# Pixel KD switches used by the APD recipe (bcd/distill/losses/pixel_kd.py): REDUCTION "tokens"
-# (mean over pixels, CIRKD) or "elementwise" (KLDivLoss() mean over B·K·H·W, APD); RESIZE
-# "logits" (coarser map to the finer) or "input" (both to the label size, align_corners, APD).
-_C.KD.PIXEL_KD.REDUCTION = "tokens"
-_C.KD.PIXEL_KD.RESIZE = "logits"
 
 # ---------------------------------------------------------------------------------------------
 # Issue 24: SegFormer (MiT + all-MLP decoder), ESPNet, and Mask2Former as a teacher

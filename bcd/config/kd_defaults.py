@@ -1,6 +1,7 @@
 """The per-loss config nodes ``KD.<LOSS>``: one function per loss, no torch, no model code.
 
-``bcd/config/defaults.py`` calls :func:`add_kd_loss_configs` on the default config, so
+``bcd/config/defaults.py`` calls :func:`add_kd_config` (the general ``KD`` keys, then
+:func:`add_kd_loss_configs`) on the default config, so
 ``get_cfg()`` is a plain copy of ``_C`` and importing ``bcd.config`` loads nothing of
 ``bcd.distill`` / ``bcd.modeling`` / ``bcd.engine`` (the layers import strictly downward, see
 docs/internals.md). The loss classes in ``bcd/distill/losses/`` read these nodes through
@@ -18,6 +19,7 @@ from .config import CfgNode as CN
 
 __all__ = [
     "add_common_loss_config",
+    "add_kd_config",
     "add_kd_loss_configs",
     "add_temperature_config",
 ]
@@ -145,6 +147,11 @@ def add_pixel_kd_config(cfg: CN) -> None:
     """``KD.PIXEL_KD``: per-pixel logit KD (CIRKD defaults τ = 1, λ = 1)."""
     node = add_common_loss_config(CN(), 1.0, ["sem_seg_head.predictor"], ["sem_seg_head.predictor"])
     node.TEMPERATURE = 1.0
+    # REDUCTION "tokens" (mean over pixels, CIRKD) or "elementwise" (KLDivLoss() mean over
+    # B·K·H·W, APD); RESIZE "logits" (coarser map to the finer) or "input" (both to the label
+    # size, align_corners, APD). bcd/distill/losses/pixel_kd.py
+    node.REDUCTION = "tokens"
+    node.RESIZE = "logits"
     cfg.KD.PIXEL_KD = node
 
 
@@ -234,3 +241,54 @@ def add_kd_loss_configs(cfg: CN) -> None:
     add_pkd_config(cfg)
     add_fgd_config(cfg)
     add_ld_config(cfg)
+
+
+# ---------------------------------------------------------------------------------- the node
+def add_kd_config(cfg: CN) -> None:
+    """Declare the whole ``KD`` node on ``cfg`` (in place): the general keys below, then every
+    ``KD.<LOSS>`` node (:func:`add_kd_loss_configs`).
+
+    ``bcd/config/defaults.py`` calls it on ``_C``; the Detectron2 project
+    (``projects/bcd/bcd_d2/config.py``, ``add_bcd_config``) calls it on a Detectron2 config, so
+    both frameworks read the same keys with the same defaults. ``cfg`` may be any yacs /
+    fvcore ``CfgNode``; it must not have a ``KD`` node yet.
+
+    Raises:
+        KeyError: ``cfg`` already has a ``KD`` node.
+    """
+    if "KD" in cfg:
+        raise KeyError("add_kd_config: the config already has a KD node")
+    cfg.KD = CN()
+    # Names of KD_LOSS_REGISTRY entries to turn on, e.g. ["BoundaryDistillation", "ContextDistillation"]
+    cfg.KD.LOSSES = []
+    cfg.KD.TEACHER = CN()
+    cfg.KD.TEACHER.CONFIG_FILE = ""  # the teacher's own config (a student-style config)
+    cfg.KD.TEACHER.WEIGHTS = ""  # the trained teacher's checkpoint (required when KD.LOSSES is set)
+    cfg.KD.TEACHER.OPTS = []  # overrides of the teacher config, KEY VALUE pairs
+    cfg.KD.EVAL_TEACHER = False  # evaluate the teacher before training and put it in kd_report
+    # LR multiplier of every trainable KD module (connectors, HFA, boundary heads, projectors):
+    # the Distiller exposes lr_multipliers = {"kd_modules": KD.LR_MULTIPLIER} (docs/methods.md §2.8: x10).
+    cfg.KD.LR_MULTIPLIER = 10.0
+    # Connectors created from the recorded shapes (student -> teacher channels / size).
+    cfg.KD.CONNECTOR = CN()
+    cfg.KD.CONNECTOR.NORM = "BN"  # norm after the 1x1 conv: "", "BN", "SyncBN", "GN"
+    cfg.KD.CONNECTOR.SPATIAL = "interpolate"  # "interpolate" (bilinear) or "pool" (avg when larger)
+    # Default weight schedule of every loss whose KD.<LOSS>.SCHEDULE.NAME is "".
+    cfg.KD.SCHEDULE = CN()
+    cfg.KD.SCHEDULE.NAME = "constant"  # "constant" or "linear_decay" (BCD Eq. 7: 1 - it/max_iter)
+    cfg.KD.SCHEDULE.WARMUP_ITERS = 0  # linear warm-up of the weight (0 = none)
+    cfg.KD.SCHEDULE.STOP_ITER = 0  # weight is 0 from this iteration on (0 = never)
+    # (h, w) of the dummy batch of the dry-run forward that records feature shapes at build time.
+    cfg.KD.SHAPE_PROBE_SIZE = [128, 128]
+    # kd_report: OUTPUT_DIR of the same student trained without KD ("" = no baseline column), and
+    # of the teacher's run ("" = the folder of KD.TEACHER.WEIGHTS); their metrics.json are read.
+    cfg.KD.BASELINE_OUTPUT_DIR = ""
+    cfg.KD.TEACHER_OUTPUT_DIR = ""
+    cfg.KD.REPORT = True  # write OUTPUT_DIR/kd_report.{md,json} after training
+    # Log ||grad KD|| / ||grad task|| on the student backbone's parameters (torch.autograd.grad,
+    # only on those iterations: one extra backward pass each) as kd/grad_ratio in metrics.json /
+    # TensorBoard, every PERIOD iterations. Off by default (it costs two backward passes).
+    cfg.KD.LOG_GRAD_RATIO = CN()
+    cfg.KD.LOG_GRAD_RATIO.ENABLED = False
+    cfg.KD.LOG_GRAD_RATIO.PERIOD = 20
+    add_kd_loss_configs(cfg)
