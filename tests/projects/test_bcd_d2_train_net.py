@@ -3,7 +3,7 @@
 * RetinaNet (tiny R18 student and teacher, the teacher trained here by train_net.py without KD):
   a 4-iteration BCD run; the same run resumed from its iteration-1 checkpoint ends with the same
   weights, temperatures and KD iteration; metrics.json holds the KD entries (raw, weighted,
-  weight, temperature) with loss_kd = raw x weight on the line; --eval-only of model_final.pth
+  weight, temperature, gradient ratio) with loss_kd = raw x weight on the line; --eval-only of model_final.pth
   through Detectron2's COCOEvaluator gives the final evaluation of the run; model_final.pth loads
   strictly into plain Detectron2's RetinaNet of the student's config.
 * Mask R-CNN student from a Detectron2 Mask R-CNN teacher (saved by plain Detectron2): 3 iterations,
@@ -103,6 +103,8 @@ def retinanet(tmp_path_factory, small_val, train_net):
           "KD.CONTEXT.TEMPERATURE.TRIGGER", "maxprob", "KD.CONTEXT.TEMPERATURE.THRESHOLD", "0.0",
           # the boundary teacher head: fitted for 2 iterations, then frozen (crosses the resume)
           "KD.BOUNDARY.TEACHER_HEAD_FIT_ITERS", "2",
+          # ||grad KD|| / ||grad task|| on the student backbone at iterations 0 and 3
+          "KD.LOG_GRAD_RATIO.ENABLED", "True", "KD.LOG_GRAD_RATIO.PERIOD", "3",
           "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "DATASETS.TEST", f"('{small_val}',)"]
     full = str(tmp / "full")
     results = train_net([*kd, "OUTPUT_DIR", full])
@@ -139,6 +141,8 @@ def test_retinanet_metrics_hold_the_kd_entries(retinanet):
         # written unsmoothed: the weighted entry is raw x weight on its line
         assert last[f"loss_kd_{tag}"] == pytest.approx(last[f"kd/{tag}/raw"] * w, rel=1e-6, abs=1e-12)
     assert last["kd/context/temperature/tau"] == pytest.approx(1.05 ** 4)
+    assert last["kd/grad_ratio"] == pytest.approx(last["kd/grad_norm/kd"] / last["kd/grad_norm/task"], rel=1e-6)
+    assert last["kd/grad_ratio"] > 0 and -1 <= last["kd/grad_cosine"] <= 1
     assert "loss_kd_boundary_teacher_head" in last
     for k, v in last.items():
         if k.startswith(("loss", "kd/")):
