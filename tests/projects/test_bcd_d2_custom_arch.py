@@ -85,7 +85,7 @@ MODEL:
   BACKBONE:
     NAME: build_resnet_fpn_backbone
   FPN:
-    OUT_CHANNELS: 16
+    OUT_CHANNELS: 32
 KD:
   LOSSES: [BoundaryDistillation, ContextDistillation, ChannelWiseDistillation]
   TEACHER:
@@ -99,6 +99,7 @@ KD:
 DATASETS:
   TEST: ()
 SOLVER:
+  IMS_PER_BATCH: 2
   MAX_ITER: 2
   WARMUP_ITERS: 0
 """)
@@ -108,8 +109,8 @@ SOLVER:
     for k in ("loss_heatmap", "loss_kd_boundary", "loss_kd_context", "loss_kd_cwd", "kd/cwd/raw", "kd/cwd/weight"):
         assert math.isfinite(last[k]), (k, last)
     assert last["kd/cwd/raw"] > 0 and last["kd/context/raw"] > 0
-    # the exported student is the custom model alone; its CWD connector (16 -> 64 channels) is not in it
+    # the exported student is the custom model alone; its CWD connector (32 -> 64 channels) is not in it
     state = torch.load(out / "model_final.pth", weights_only=True)["model"]
     assert "head.weight" in state and not any(k.startswith("kd_modules") for k in state)
     full = torch.load(out / "model_0000001.pth", weights_only=True)["model"]
-    assert full["kd_modules.cwd.connectors.0.proj.0.weight"].shape[:2] == (64, 16)
+    assert full["kd_modules.cwd.connectors.0.proj.0.weight"].shape[:2] == (64, 32)

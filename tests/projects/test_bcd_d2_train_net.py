@@ -95,9 +95,9 @@ def retinanet(tmp_path_factory, small_val, train_net):
     tmp = tmp_path_factory.mktemp("retinanet")
     teacher = str(tmp / "teacher")
     train_net(["--config-file", os.path.join(TEST_CONFIGS, "retinanet_R_18_tiny_teacher.yaml"),
-               "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()", "OUTPUT_DIR", teacher])
+               "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "DATASETS.TEST", "()", "OUTPUT_DIR", teacher])
     kd = ["--config-file", os.path.join(TEST_CONFIGS, "bcd_retinanet_R_18_tiny.yaml"),
-          "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "0",
+          "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "0", "SOLVER.IMS_PER_BATCH", "2",
           "KD.TEACHER.WEIGHTS", os.path.join(teacher, "model_final.pth"),
           # the context temperature rule fires at every step, so its state is visible
           "KD.CONTEXT.TEMPERATURE.TRIGGER", "maxprob", "KD.CONTEXT.TEMPERATURE.THRESHOLD", "0.0",
@@ -170,7 +170,7 @@ def mask_rcnn(tmp_path_factory, small_val, train_net):
     teacher = _plain_detectron2_model("mask_rcnn_R_18_tiny_teacher.yaml")
     DetectionCheckpointer(teacher, str(tmp)).save("teacher")
     kd = ["--config-file", os.path.join(TEST_CONFIGS, "bcd_mask_rcnn_R_18_tiny.yaml"),
-          "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "0",
+          "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "0", "SOLVER.IMS_PER_BATCH", "2",
           "KD.TEACHER.WEIGHTS", str(tmp / "teacher.pth"), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
           "DATASETS.TEST", f"('{small_val}',)"]
     full = str(tmp / "full")
@@ -215,7 +215,7 @@ def test_two_cpu_processes(tmp_path, demo_datasets):
     out = tmp_path / "out"
     cmd = [sys.executable, os.path.join(REPO, "projects", "bcd", "train_net.py"), "--num-gpus", "2",
            "--config-file", os.path.join(TEST_CONFIGS, "bcd_retinanet_R_18_tiny.yaml"),
-           "SOLVER.MAX_ITER", "3", "KD.BOUNDARY.TEACHER_HEAD_FIT_ITERS", "1",
+           "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "KD.BOUNDARY.TEACHER_HEAD_FIT_ITERS", "1",
            "KD.TEACHER.WEIGHTS", str(tmp_path / "teacher.pth"), "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
            "DATASETS.TEST", "('demo_det_val',)", "OUTPUT_DIR", str(out)]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
