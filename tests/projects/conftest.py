@@ -14,12 +14,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROJECT = os.path.join(REPO, "projects", "bcd")
-CONFIGS = os.path.join(PROJECT, "configs")
 if PROJECT not in sys.path:
     sys.path.insert(0, PROJECT)
-
-SKIP_REASON = ("Detectron2 is not installed (projects/bcd/README.md: build it from source; .ci/run installs "
-               "../shared/wheels/detectron2-*.whl when present)")
 
 
 @pytest.fixture(scope="session")

@@ -39,10 +39,15 @@ def resolve_config_file(path: str, key: str = "config file") -> str:
 
     Raises:
         FileNotFoundError: naming ``key`` and the path, when no such file exists.
+        ImportError: Detectron2's model zoo cannot be imported (``setuptools`` 81 or later).
     """
     i = path.find(MODEL_ZOO_PREFIX)
     if i >= 0:
-        from detectron2 import model_zoo
+        try:
+            from detectron2 import model_zoo
+        except ImportError as e:  # its pkg_resources left setuptools in version 81
+            raise ImportError(f"{key} '{path}': Detectron2's model zoo cannot be imported ({e}); "
+                              "install the project's extras: pip install -e \".[detectron2]\" (setuptools<81)") from e
 
         name = path[i + len(MODEL_ZOO_PREFIX):]
         try:
