@@ -42,5 +42,10 @@ setup(
     packages=find_packages(exclude=("tests", "tests.*", "configs", "tools", "datasets")),
     python_requires=">=3.9",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"dev": ["pytest>=7", "pytest-xdist>=3"]},
+    extras_require={
+        "dev": ["pytest>=7", "pytest-xdist>=3"],
+        # projects/bcd (the Detectron2 project): Detectron2 itself is built from its source first
+        # (projects/bcd/README.md); its model zoo imports pkg_resources, gone from setuptools 81.
+        "detectron2": ["setuptools<81"],
+    },
 )

@@ -62,6 +62,8 @@ ARMS: Dict[str, Tuple[str, List[str], str]] = {
     "cd": (BCD, ["KD.LOSSES", "['ContextDistillation']", *_NO_DECAY], "student + L_cd"),
     "both": (BCD, [*_BCD_ONLY, *_NO_DECAY], "student + L_bd + L_cd (no decay)"),
     "bcd_paper": (BCD, _BCD_ONLY, "student + L_bd + L_cd + decay"),
+    "bcd_kd": (BCD, ["KD.LOSSES", "['BoundaryDistillation', 'ContextDistillation', 'PixelKD']"],
+               "student + BCD + pixel KD"),
     # APD (projects/apd/README.md): the authors' recipe, its logit term alone, and APD + BCD
     "apd": (APD, [], "student + APD"),
     "apd_logit_kd": (APD_LOGIT_KD, [], "student + APD's logit KD alone"),

@@ -287,7 +287,9 @@ _C.TEST.SEM_SEG.BOUNDARY_DILATION_RATIO = 0.02
 # Distillation (docs/methods.md). Empty LOSSES = plain training.
 # ---------------------------------------------------------------------------------------------
 # Every KD key (the general ones and the per-loss KD.<LOSS> nodes) is declared in
-# bcd/config/kd_defaults.py (torch-free, so that importing bcd.config loads no model code).
+# bcd/config/kd_defaults.py (torch-free, so that importing bcd.config loads no model code; the
+# Detectron2 project projects/bcd adds the same node to a Detectron2 config); none is declared
+# here.
 add_kd_config(_C)
 
 # ---------------------------------------------------------------------------------------------

@@ -147,9 +147,9 @@ def add_pixel_kd_config(cfg: CN) -> None:
     """``KD.PIXEL_KD``: per-pixel logit KD (CIRKD defaults τ = 1, λ = 1)."""
     node = add_common_loss_config(CN(), 1.0, ["sem_seg_head.predictor"], ["sem_seg_head.predictor"])
     node.TEMPERATURE = 1.0
-    # The APD recipe's switches (bcd/distill/losses/pixel_kd.py): REDUCTION "tokens" (mean over
-    # pixels, CIRKD) or "elementwise" (KLDivLoss() mean over B·K·H·W, APD); RESIZE "logits"
-    # (coarser map to the finer) or "input" (both to the label size, align_corners, APD).
+    # REDUCTION "tokens" (mean over pixels, CIRKD) or "elementwise" (KLDivLoss() mean over
+    # B·K·H·W, APD); RESIZE "logits" (coarser map to the finer) or "input" (both to the label
+    # size, align_corners, APD). bcd/distill/losses/pixel_kd.py
     node.REDUCTION = "tokens"
     node.RESIZE = "logits"
     cfg.KD.PIXEL_KD = node
@@ -272,11 +272,21 @@ def add_kd_loss_configs(cfg: CN) -> None:
     add_ld_config(cfg)
 
 
+# ---------------------------------------------------------------------------------- the node
 def add_kd_config(cfg: CN) -> None:
-    """Declare the whole ``KD`` node on ``cfg``: the general keys (``LOSSES``, ``TEACHER``,
-    ``LR_MULTIPLIER``, ``CONNECTOR``, ``SCHEDULE``, ``SHAPE_PROBE_SIZE``, report and logging keys)
-    and every ``KD.<LOSS>`` node (:func:`add_kd_loss_configs`). ``defaults.py`` calls it on ``_C``;
-    a Detectron2 project calls it on its own ``CfgNode`` to get every KD key."""
+    """Declare the whole ``KD`` node on ``cfg`` (in place): the general keys below, then every
+    ``KD.<LOSS>`` node (:func:`add_kd_loss_configs`).
+
+    ``bcd/config/defaults.py`` calls it on ``_C``; the Detectron2 project
+    (``projects/bcd/bcd_d2/config.py``, ``add_bcd_config``) calls it on a Detectron2 config, so
+    both frameworks read the same keys with the same defaults. ``cfg`` may be any yacs /
+    fvcore ``CfgNode``; it must not have a ``KD`` node yet.
+
+    Raises:
+        KeyError: ``cfg`` already has a ``KD`` node.
+    """
+    if "KD" in cfg:
+        raise KeyError("add_kd_config: the config already has a KD node")
     cfg.KD = CN()
     # Names of KD_LOSS_REGISTRY entries to turn on, e.g. ["BoundaryDistillation", "ContextDistillation"]
     cfg.KD.LOSSES = []
@@ -304,8 +314,8 @@ def add_kd_config(cfg: CN) -> None:
     cfg.KD.BASELINE_OUTPUT_DIR = ""
     cfg.KD.TEACHER_OUTPUT_DIR = ""
     cfg.KD.REPORT = True  # write OUTPUT_DIR/kd_report.{md,json} after training
-    # Log ||grad KD|| / ||grad task|| on the student backbone's parameters (torch.autograd.grad, only
-    # on those iterations: one extra backward pass each) as kd/grad_ratio in metrics.json /
+    # Log ||grad KD|| / ||grad task|| on the student backbone's parameters (torch.autograd.grad,
+    # only on those iterations: one extra backward pass each) as kd/grad_ratio in metrics.json /
     # TensorBoard, every PERIOD iterations. Off by default (it costs two backward passes).
     cfg.KD.LOG_GRAD_RATIO = CN()
     cfg.KD.LOG_GRAD_RATIO.ENABLED = False

@@ -2,8 +2,8 @@
 
 Built by ``build_model(cfg)`` when ``cfg.KD.LOSSES`` is not empty:
 
-* ``student`` = ``META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)``: a registered
-  submodule (optimised, saved, wrapped by DDP with the rest of the Distiller);
+* ``student`` = ``META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)``
+  (:meth:`Distiller.build_student`): a registered submodule (optimised, saved, wrapped by DDP with the rest of the Distiller);
 * ``teacher`` from ``KD.TEACHER.CONFIG_FILE`` (+ ``KD.TEACHER.OPTS``, same ``MODEL.DEVICE``) with
   the weights of ``KD.TEACHER.WEIGHTS`` loaded strictly (a full checkpoint ``{"model": ...}`` or a
   student-only ``model_final.pth``). The teacher is deliberately **not a registered submodule**:
@@ -45,6 +45,7 @@ from bcd.config import CfgNode, get_cfg
 from bcd.modeling.d2_convert import maybe_convert_detectron2
 from bcd.modeling.hf_checkpoint import hf_checkpoint_state_dict, is_hf_checkpoint
 from bcd.modeling.meta_arch.build import META_ARCH_REGISTRY
+from bcd.structures import ImageBatch
 from bcd.utils.events import current_event_storage
 from bcd.utils.registry import lookup
 from bcd.utils.state_dict import state_dict_mismatch
@@ -171,9 +172,8 @@ class Distiller(nn.Module):
         loss_classes = {n: lookup(KD_LOSS_REGISTRY, n, "KD.LOSSES: unknown loss") for n in names}
 
         self.cfg = cfg.clone()
-        self.student = lookup(META_ARCH_REGISTRY, cfg.MODEL.META_ARCHITECTURE, "MODEL.META_ARCHITECTURE")(cfg)
-        self.student.to(torch.device(cfg.MODEL.DEVICE))
-        teacher, self.teacher_cfg = build_teacher(cfg)
+        self.student = self.build_student(cfg)
+        teacher, self.teacher_cfg = self.build_teacher(cfg)
         object.__setattr__(self, "_teacher", teacher)  # unregistered on purpose (docstring)
 
         # Recorders for the union of the requested features; every name checked now.
@@ -231,6 +231,41 @@ class Distiller(nn.Module):
                 )
         self.to(torch.device(cfg.MODEL.DEVICE))
 
+    # ------------------------------------------------------------------ the two models
+    # The five methods below are the only place that knows how a model is built and run (the
+    # meta-architecture contract of docs/internals.md, "Models"). A wrapper for models of another
+    # framework overrides them and keeps everything else: recorders, shape probe, losses,
+    # schedules, logs (projects/bcd/bcd_d2 runs Detectron2 models this way).
+    def build_student(self, cfg: CfgNode) -> nn.Module:
+        """The student: ``MODEL.META_ARCHITECTURE`` of ``cfg``, on ``MODEL.DEVICE``."""
+        student = lookup(META_ARCH_REGISTRY, cfg.MODEL.META_ARCHITECTURE, "MODEL.META_ARCHITECTURE")(cfg)
+        return student.to(torch.device(cfg.MODEL.DEVICE))
+
+    def build_teacher(self, cfg: CfgNode) -> Tuple[nn.Module, CfgNode]:
+        """The frozen teacher and its config (:func:`build_teacher`)."""
+        return build_teacher(cfg)
+
+    def preprocess(self, model: nn.Module, batched_inputs: List[Dict[str, Any]]) -> ImageBatch:
+        """The ``ImageBatch`` ``model`` works on (``model.preprocess``)."""
+        return model.preprocess(batched_inputs)
+
+    def extract(self, model: nn.Module, batch: ImageBatch,
+                batched_inputs: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """``model``'s raw outputs without loss or post-processing (``model.extract``); the
+        recorders capture the features while it runs. Called under ``no_grad`` for the teacher
+        and in the shape probe."""
+        return model.extract(batch)
+
+    def forward_train(
+        self, model: nn.Module, batch: ImageBatch, batched_inputs: List[Dict[str, Any]]
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+        """The student's task losses and the outputs it publishes for the KD losses
+        (``model.forward_train``; ``forward_batch`` and no outputs without it)."""
+        forward_train = getattr(model, "forward_train", None)
+        if callable(forward_train):
+            return forward_train(batch)
+        return model.forward_batch(batch), {}
+
     # ------------------------------------------------------------------ teacher handling
     @property
     def teacher(self) -> nn.Module:
@@ -287,10 +322,10 @@ class Distiller(nn.Module):
         self.student.eval()
         try:
             with self.student_recorder.recording(), self.teacher_recorder.recording():
-                bs = self.student.preprocess(inputs)
-                self.student.extract(bs)
-                bt = self.teacher.preprocess(inputs)
-                self.teacher.extract(bt)
+                bs = self.preprocess(self.student, inputs)
+                self.extract(self.student, bs, inputs)
+                bt = self.preprocess(self.teacher, inputs)
+                self.extract(self.teacher, bt, inputs)
                 probe_s = tuple(bs.tensor.shape[-2:])
                 probe_t = tuple(bt.tensor.shape[-2:])
                 s_shapes = {n: _shape_of(self.student_recorder.get(n), probe_s)
@@ -308,16 +343,12 @@ class Distiller(nn.Module):
         if not self.training:
             return self.student(batched_inputs)
         it = self._sync_iteration()
-        batch_s = self.student.preprocess(batched_inputs)
-        batch_t = self.teacher.preprocess(batched_inputs)
+        batch_s = self.preprocess(self.student, batched_inputs)
+        batch_t = self.preprocess(self.teacher, batched_inputs)
         with self.student_recorder.recording(), self.teacher_recorder.recording():
             with torch.no_grad():
-                teacher_out = self.teacher.extract(batch_t)
-            forward_train = getattr(self.student, "forward_train", None)
-            if callable(forward_train):
-                task_losses, student_out = forward_train(batch_s)
-            else:
-                task_losses, student_out = self.student.forward_batch(batch_s), {}
+                teacher_out = self.extract(self.teacher, batch_t, batched_inputs)
+            task_losses, student_out = self.forward_train(self.student, batch_s, batched_inputs)
             task_losses = dict(task_losses)
             ctx = KDContext(
                 student_batch=batch_s,

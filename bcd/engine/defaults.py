@@ -36,6 +36,8 @@ __all__ = [
     "default_writers",
     "create_ddp_model",
     "DefaultTrainer",
+    "rng_state",
+    "set_rng_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -174,7 +176,9 @@ def create_ddp_model(
     )
 
 
-def _rng_state() -> Dict[str, Any]:
+def rng_state() -> Dict[str, Any]:
+    """This process's random states: Python ``random``, NumPy, torch (and CUDA when in use);
+    saved per process in full checkpoints so that ``--resume`` continues the same draws."""
     state: Dict[str, Any] = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -185,7 +189,8 @@ def _rng_state() -> Dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: Mapping[str, Any]) -> None:
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the states of :func:`rng_state`."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -296,7 +301,7 @@ class DefaultTrainer(TrainerBase):
             self.load_hook_states(checkpoint["hooks"])
         rng_states = checkpoint.get("rng_states")
         if rng_states is not None and len(rng_states) == comm.get_world_size():
-            _set_rng_state(rng_states[comm.get_rank()])
+            set_rng_state(rng_states[comm.get_rank()])
         elif rng_states is not None:
             logger.warning(
                 f"The checkpoint was written by {len(rng_states)} processes, this run has "
@@ -318,7 +323,7 @@ class DefaultTrainer(TrainerBase):
         return {
             "iteration": self.iter,
             "hooks": self.hook_states(),
-            "rng_states": comm.all_gather(_rng_state()),
+            "rng_states": comm.all_gather(rng_state()),
         }
 
     # ------------------------------------------------------------------ hooks
