@@ -12,21 +12,27 @@ from .evaluator import (
     inference_context,
     inference_on_dataset,
     print_csv_format,
-    results_table,
 )
 
-# Task evaluators register themselves in EVALUATOR_TYPES on import.
-from . import sem_seg_evaluation, cityscapes_evaluation, coco_evaluation  # noqa: E402,F401
-from . import object_seg_evaluation  # noqa: E402,F401
+# Task evaluators register themselves in EVALUATOR_TYPES on import; the classes are public, as
+# in detectron2.evaluation (``from bcd.evaluation import COCOEvaluator, SemSegEvaluator``).
+from .sem_seg_evaluation import SemSegEvaluator  # noqa: E402
+from .cityscapes_evaluation import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator  # noqa: E402
+from .coco_evaluation import COCOEvaluator  # noqa: E402
+from .object_seg_evaluation import ObjectSegEvaluator  # noqa: E402
 
 __all__ = [
+    "COCOEvaluator",
+    "CityscapesInstanceEvaluator",
+    "CityscapesSemSegEvaluator",
     "EVALUATOR_TYPES",
     "DatasetEvaluator",
     "DatasetEvaluators",
+    "ObjectSegEvaluator",
+    "SemSegEvaluator",
     "build_evaluator",
     "flatten_results_dict",
     "inference_context",
     "inference_on_dataset",
     "print_csv_format",
-    "results_table",
 ]

@@ -281,6 +281,14 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
             for name in self.thing_classes:
                 ap = res["classes"][name]["ap"]
                 out[f"AP-{name}"] = float(ap) * 100 if ap == ap and ap >= 0 else float("nan")
+            from tabulate import tabulate
+
+            rows = [[name, out[f"AP-{name}"]] for name in self.thing_classes]
+            logger.info(
+                f"Cityscapes instance segmentation ({len(gt_files)} images): AP {out['AP']:.2f}, "
+                f"AP50 {out['AP50']:.2f}\n" + tabulate(rows, headers=["class", "AP"], tablefmt="pipe",
+                                                       floatfmt=".2f", missingval="nan")
+            )
             return OrderedDict({"segm": {k: float(v) for k, v in out.items()}})
         finally:
             comm.synchronize()

@@ -235,7 +235,25 @@ class COCOEvaluator(DatasetEvaluator):
             contiguous = {v: c for c, v in self.contiguous_to_dataset.items()}.get(cat_id)
             name = self.thing_classes[contiguous] if contiguous is not None else str(cat_id)
             out[f"AP-{name}"] = ap
+        self._log_table(iou_type, out, len(img_ids))
         return out
+
+    def _log_table(self, iou_type: str, res: Dict[str, float], num_images: int) -> None:
+        """Detectron2's two tables: the summary (AP, AP50, AP75, APs, APm, APl) and the
+        per-category AP in three (category, AP) column pairs, so 80 COCO classes take 27 rows
+        of about 90 columns."""
+        from tabulate import tabulate
+
+        summary = tabulate([[res[m] for m in _METRICS]], headers=_METRICS, tablefmt="pipe",
+                           floatfmt=".2f", missingval="nan")
+        per_cat = [(k[len("AP-"):], v) for k, v in res.items() if k.startswith("AP-")]
+        pairs = 3
+        flat = [x for kv in per_cat for x in kv]
+        rows = [flat[i:i + 2 * pairs] for i in range(0, len(flat), 2 * pairs)]
+        table = tabulate(rows, headers=["category", "AP"] * min(pairs, len(per_cat)),
+                         tablefmt="pipe", floatfmt=".2f", numalign="left")
+        logger.info(f"{iou_type} AP on '{self.dataset_name}' ({num_images} images):\n{summary}\n"
+                    f"Per-category {iou_type} AP:\n{table}")
 
 
 def _build(cfg, dataset_name: str, output_dir: Optional[str]) -> COCOEvaluator:

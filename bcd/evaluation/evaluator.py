@@ -192,36 +192,23 @@ def flatten_results_dict(results: Mapping[str, Any]) -> Dict[str, float]:
     return flat
 
 
-def results_table(results: Mapping[str, Mapping[str, float]]) -> str:
-    """A table per task (metric names as columns), as printed after evaluation."""
-    from tabulate import tabulate
-
-    parts = []
-    for task, metrics in results.items():
-        if not isinstance(metrics, Mapping):
-            parts.append(f"{task}: {metrics}")
-            continue
-        keys = list(metrics.keys())
-        row = [f"{metrics[k]:.4f}" if isinstance(metrics[k], (int, float)) else str(metrics[k])
-               for k in keys]
-        parts.append(f"{task}:\n" + tabulate([row], headers=keys, tablefmt="pipe"))
-    return "\n".join(parts)
-
-
 def print_csv_format(results: Mapping[str, Mapping[str, float]]) -> None:
-    """Log the results as a copy-paste-able CSV (Detectron2's format) and as a table."""
+    """Log the aggregate metrics of each task as copy-paste-able CSV lines (Detectron2's
+    ``copypaste:`` format and rule: per-class entries, whose names hold a ``-`` such as
+    ``IoU-road`` / ``AP-person``, are left out). Each evaluator logs its own table (per class
+    and summary); every number, per class included, is in the returned results and in
+    ``metrics.json``."""
     for task, metrics in results.items():
         if not isinstance(metrics, Mapping):
             continue
+        important = [(k, v) for k, v in metrics.items() if "-" not in k]
         logger.info(f"copypaste: Task: {task}")
-        logger.info("copypaste: " + ",".join(metrics.keys()))
+        logger.info("copypaste: " + ",".join(k for k, _ in important))
         logger.info(
             "copypaste: " + ",".join(
-                f"{v:.4f}" if isinstance(v, (int, float)) else str(v) for v in metrics.values()
+                f"{v:.4f}" if isinstance(v, (int, float)) else str(v) for _, v in important
             )
         )
-    if results:
-        logger.info("Evaluation results:\n" + results_table(results))
 
 
 # evaluator_type (MetadataCatalog) -> factory(cfg, dataset_name, output_dir) -> DatasetEvaluator.

@@ -244,9 +244,11 @@ class ObjectSegEvaluator(DatasetEvaluator):
         if merged.num_images == 0:
             logger.warning(f"ObjectSegEvaluator on '{self._dataset_name}': no image was processed")
         res = merged.results()
+        from tabulate import tabulate
+
         logger.info(
-            f"Object segmentation on '{self._dataset_name}' ({merged.num_images} images): "
-            + ", ".join(f"{k} {v:.4f}" for k, v in res.items())
+            f"Object segmentation on '{self._dataset_name}' ({merged.num_images} images):\n"
+            + tabulate([list(res.values())], headers=list(res), tablefmt="pipe", floatfmt=".4f")
         )
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)

@@ -210,15 +210,26 @@ class TensorboardXWriter(EventWriter):
 
 
 class CommonMetricPrinter(EventWriter):
-    """Print the console line: ETA, iteration, losses, time per iteration, LR, memory.
+    """Print the console line: ETA, iteration, the losses, time per iteration, LR, memory.
+
+    Only losses are printed (``total_loss`` first, then the task losses, then the KD terms
+    ``loss_kd_*``), each as its median over the last ``window_size`` iterations; every other
+    scalar (KD diagnostics ``kd/...``, evaluation results) goes to ``metrics.json`` and
+    TensorBoard only. A line longer than ``width`` columns (with the logger's prefix of about
+    40 characters) continues on indented lines, so it fits a 160-column terminal however many
+    losses a model has; ``eta:``, ``iter:`` and ``total_loss:`` stay on the first line (scripts
+    such as ``tools/evidence.py`` read them there).
 
     The ETA is the median iteration time of the last 1000 iterations times the iterations left.
     """
 
-    def __init__(self, max_iter: Optional[int] = None, window_size: int = 20) -> None:
+    _PREFIX = 40  # "[12/04 18:50:22] bcd.utils.events INFO: "
+
+    def __init__(self, max_iter: Optional[int] = None, window_size: int = 20, width: int = 160) -> None:
         self.logger = logging.getLogger("bcd.utils.events")
         self._max_iter = max_iter
         self._window_size = window_size
+        self._width = width
         self._last_write: Optional[Tuple[int, float]] = None  # (iteration, wall time)
 
     def _get_eta(self, storage: EventStorage) -> Optional[str]:
@@ -241,6 +252,26 @@ class CommonMetricPrinter(EventWriter):
             self._last_write = (iteration, time.perf_counter())
             return eta_string
 
+    @staticmethod
+    def _loss_order(key: str) -> Tuple[int, str]:
+        """``total_loss``, then the task losses, then the KD terms, each group in name order."""
+        return (0 if key == "total_loss" else 2 if key.startswith("loss_kd") else 1, key)
+
+    def _wrap(self, items: List[str]) -> str:
+        """Join ``items`` with two spaces (Detectron2's separator), breaking before an item that
+        would pass the width; continuation lines are indented by four spaces."""
+        limit = max(self._width - self._PREFIX, 40)
+        lines: List[str] = []
+        cur = ""
+        for it in items:
+            if cur and len(cur) + 2 + len(it) > limit:
+                lines.append(cur)
+                cur = "    " + it
+            else:
+                cur = f"{cur}  {it}" if cur else it
+        lines.append(cur)
+        return "\n".join(lines)
+
     def write(self) -> None:
         storage = get_event_storage()
         iteration = storage.iter
@@ -259,36 +290,24 @@ class CommonMetricPrinter(EventWriter):
         except KeyError:
             lr = "N/A"
         eta_string = self._get_eta(storage)
-        # The losses first, then the other scalars a model reports (e.g. "kd/..."): smoothed
-        # ones as their median, unsmoothed ones (evaluation results, KD weights) only on the
-        # line of the iteration they were put at, so they are not repeated every line.
+        # Losses only, smoothed ones as their median; an unsmoothed loss (a KD term written as
+        # the value of its own iteration) only on the line of the iteration it was put at.
         hints = storage.smoothing_hints()
         latest = storage.latest()
-        skip = {"time", "data_time", "eta_seconds", "lr"}
-        shown = [
-            k for k in storage.histories()
-            if k not in skip and (hints.get(k, False) or latest[k][1] == iteration)
-        ]
+        losses = sorted(
+            (k for k in storage.histories()
+             if (k == "total_loss" or k.startswith("loss"))
+             and (hints.get(k, False) or latest[k][1] == iteration)),
+            key=self._loss_order,
+        )
 
         def value(k: str) -> str:
             v = storage.history(k).median(self._window_size) if hints[k] else latest[k][0]
             return f"{k}: {v:.4g}"
 
-        losses = "  ".join(value(k) for k in shown if "loss" in k)
-        others = "  ".join(value(k) for k in shown if "loss" not in k)
-        max_mem = ""
+        items = ([f"eta: {eta_string}"] if eta_string else []) + [f"iter: {iteration}"]
+        items += [value(k) for k in losses]
+        items += [f"time: {fmt_median('time')}", f"data_time: {fmt_median('data_time')}", f"lr: {lr}"]
         if torch.cuda.is_available():
-            max_mem = f"  max_mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}M"
-        self.logger.info(
-            "{eta}iter: {iter}  {losses}{others}  time: {time}  data_time: {data_time}  "
-            "lr: {lr}{mem}".format(
-                eta=f"eta: {eta_string}  " if eta_string else "",
-                iter=iteration,
-                losses=losses,
-                others=f"  {others}" if others else "",
-                time=fmt_median("time"),
-                data_time=fmt_median("data_time"),
-                lr=lr,
-                mem=max_mem,
-            )
-        )
+            items.append(f"max_mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}M")
+        self.logger.info(self._wrap(items))

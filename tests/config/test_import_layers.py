@@ -1,6 +1,7 @@
 """The layers of docs/internals.md import strictly downward (issue 10, item 1).
 
 utils / structures / config  <-  data, modeling, evaluation, solver  <-  distill  <-  engine
+<-  checkpoint (a re-export of the engine's checkpointer)
 
 ``bcd.config`` loads no model code at all (checked in a fresh interpreter), and every import
 statement under ``bcd/`` (module level or inside a function) is checked against the layer order
@@ -23,6 +24,8 @@ RANK = {
     "data": 1, "modeling": 1, "evaluation": 1, "solver": 1,
     "distill": 2,
     "engine": 3,
+    # a façade: re-exports bcd.engine's checkpointer under Detectron2's package name
+    "checkpoint": 4,
 }
 # Evaluators read the dataset catalog's metadata (Detectron2 does the same).
 ALLOWED_SIDEWAYS = {("evaluation", "data")}

@@ -151,3 +151,59 @@ def test_two_processes_equal_one(eval_dataset, tmp_path):
     for k in single:
         assert merged[k] == pytest.approx(single[k], abs=1e-12), k
     assert 0 < single["AP"] < 100
+
+
+def test_coco_tables_are_compact(tmp_path, coco_writer, caplog):
+    """Logs (issue 21): 80 categories: the per-category table is 27 rows of three (category, AP) pairs, under
+    100 columns; the summary has the six AP numbers. Scores equal the returned results."""
+    import os
+
+    import numpy as np
+
+    from bcd.data.catalog import DatasetCatalog
+    from bcd.data.datasets.coco import register_coco_instances
+    from bcd.evaluation import COCOEvaluator
+    from bcd.structures import Instances
+
+    rng = np.random.default_rng(0)
+    cats = [{"id": i + 1, "name": f"category_{i:02d}"} for i in range(80)]
+    images = [{"id": i + 1, "file_name": f"{i}.png", "height": 64, "width": 64} for i in range(4)]
+    anns = []
+    for img in images:
+        for _ in range(20):
+            x, y = (float(v) for v in rng.uniform(0, 40, 2))
+            anns.append({"id": len(anns) + 1, "image_id": img["id"], "category_id": int(rng.integers(1, 81)),
+                         "bbox": [x, y, 20.0, 20.0], "area": 400.0, "iscrowd": 0})
+    root = str(tmp_path / "ds")
+    path = coco_writer(root, images, anns, cats)
+    register_coco_instances("t_logs_coco80", path, os.path.join(root, "img"))
+    import logging
+
+    log = logging.getLogger("bcd")  # set up without propagation by the trainer's logger
+    log.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="bcd")
+    ev = COCOEvaluator("t_logs_coco80")
+    ev.reset()
+    for d in DatasetCatalog.get("t_logs_coco80"):
+        inst = Instances((64, 64))
+        b = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + 20, a["bbox"][1] + 20] for a in d["annotations"]])
+        inst.pred_boxes = b + torch.from_numpy(rng.uniform(-3, 3, b.shape)).float()
+        inst.scores = torch.rand(len(b))
+        inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"]])
+        ev.process([d], [{"instances": inst}])
+    try:
+        res = ev.evaluate()["bbox"]
+    finally:
+        log.removeHandler(caplog.handler)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    start = text.index("bbox AP on 't_logs_coco80' (4 images):")
+    block = text[start:].split("\n")
+    summary_head = block[1]
+    assert [c.strip() for c in summary_head.strip("|").split("|")] == ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+    assert f"{res['AP']:.2f}" in block[3]
+    per_cat = [line for line in block[block.index("Per-category bbox AP:") + 1:] if line.startswith("|")]
+    assert len(per_cat) == 2 + 27  # header, rule, 80 / 3 rounded up
+    assert max(len(line) for line in per_cat) < 100
+    first = [c.strip() for c in per_cat[2].strip("|").split("|")]
+    assert first == ["category_00", f"{res['AP-category_00']:.2f}", "category_01",
+                     f"{res['AP-category_01']:.2f}", "category_02", f"{res['AP-category_02']:.2f}"]
