@@ -195,9 +195,9 @@ def test_coco_tables_are_compact(tmp_path, coco_writer, caplog):
         res = ev.evaluate()["bbox"]
     finally:
         log.removeHandler(caplog.handler)
-    text = "\n".join(r.getMessage() for r in caplog.records)
-    start = text.index("bbox AP on 't_logs_coco80' (4 images):")
-    block = text[start:].split("\n")
+    (text,) = {r.getMessage() for r in caplog.records if r.getMessage().startswith("bbox AP on 't_logs_coco80'")}
+    block = text.split("\n")
+    assert block[0] == "bbox AP on 't_logs_coco80' (4 images):"
     summary_head = block[1]
     assert [c.strip() for c in summary_head.strip("|").split("|")] == ["AP", "AP50", "AP75", "APs", "APm", "APl"]
     assert f"{res['AP']:.2f}" in block[3]
