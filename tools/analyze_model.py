@@ -5,9 +5,11 @@
     python tools/analyze_model.py --config-file X.yaml --tasks latency --device cuda --batch-size 8
     python tools/analyze_model.py --config-file configs/cityscapes/bcd_pspnet_r18.yaml --teacher
 
-The model is the deployable one (a distillation config's student; ``--teacher`` its teacher),
-built without the ImageNet file; ``MODEL.WEIGHTS`` loads trained weights (they matter for
-data-dependent work: a detector's RoI heads run on the proposals and detections of the image).
+The model is the deployable one (a distillation config's student; ``--teacher`` its teacher,
+from ``KD.TEACHER.CONFIG_FILE`` + ``KD.TEACHER.OPTS``), built without the ImageNet file. No file
+of weights is needed: ``MODEL.WEIGHTS`` (``KD.TEACHER.WEIGHTS`` with ``--teacher``) is loaded
+when it exists (trained weights matter for data-dependent work: a detector's RoI heads run on
+the proposals and detections of the image) and skipped with a warning when it does not.
 FLOPs and activations are those of the model's test-time forward (``model(inputs)`` in eval
 mode) on one synthetic image, counted by ``bcd.utils.analysis`` as ``kd_report`` and
 ``tools/benchmark.py`` count them: FLOPs with a multiply-add = 2 (fvcore / Detectron2's
@@ -69,7 +71,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     cfg = load_config(args.config_file, args.opts, args.device)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"--device {cfg.MODEL.DEVICE}: CUDA is not available")
-    model = build_deployable(cfg, cfg.MODEL.WEIGHTS, teacher=args.teacher)
+    # Counting needs no weights: a missing MODEL.WEIGHTS / KD.TEACHER.WEIGHTS file is a warning
+    # (the teacher is built from its config alone); trained weights matter only for the latency
+    # of data-dependent post-processing.
+    model = build_deployable(cfg, "" if args.teacher else cfg.MODEL.WEIGHTS, teacher=args.teacher,
+                             missing_ok=True)
     size = args.size or default_size(cfg)
     out: Dict[str, Any] = {"config": args.config_file, "model": type(model).__name__,
                            "teacher": bool(args.teacher), "input_size": list(size)}

@@ -81,6 +81,13 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     ):
         cfg = without_init_weights(cfg)
     if args.eval_only:
+        if len(cfg.KD.LOSSES):
+            # A distillation config evaluates its deployable student: no teacher is built or
+            # needed (model_final.pth holds the student; a full checkpoint's student.* part fits).
+            from bcd.distill import student_config
+
+            logger.info("--eval-only on a distillation config: evaluating its student (no teacher)")
+            cfg = student_config(cfg)
         model = Trainer.build_model(cfg)
         checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR)
         if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):

@@ -8,7 +8,14 @@ interface.
 """
 from .build import build_model
 from .connectors import Connector, align_spatial
-from .distiller import Distiller, build_teacher, load_teacher_weights, teacher_config
+from .distiller import (
+    Distiller,
+    build_teacher,
+    check_teacher,
+    load_teacher_weights,
+    student_config,
+    teacher_config,
+)
 from .losses import KD_LOSS_REGISTRY, DistillLoss, FeatureShape, KDContext
 from .recorder import FeatureRecorder
 from .schedule import TemperatureController, WeightSchedule
@@ -26,6 +33,8 @@ __all__ = [
     "align_spatial",
     "build_model",
     "build_teacher",
+    "check_teacher",
     "load_teacher_weights",
+    "student_config",
     "teacher_config",
 ]

@@ -54,7 +54,14 @@ from .losses import KD_LOSS_REGISTRY, DistillLoss, FeatureShape, KDContext
 from .recorder import FeatureRecorder
 from .schedule import WeightSchedule, build_weight_schedule
 
-__all__ = ["Distiller", "build_teacher", "load_teacher_weights", "teacher_config"]
+__all__ = [
+    "Distiller",
+    "build_teacher",
+    "check_teacher",
+    "load_teacher_weights",
+    "student_config",
+    "teacher_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +95,64 @@ def teacher_config(cfg: CfgNode) -> CfgNode:
     tcfg.MODEL.WEIGHTS = ""
     tcfg.KD.LOSSES = []
     return tcfg
+
+
+def student_config(cfg: CfgNode) -> CfgNode:
+    """The config of the deployable student of a distillation config: ``cfg`` with ``KD.LOSSES``
+    emptied (a copy; ``cfg`` itself is left as it is). Evaluating, exporting or analysing the
+    student needs no teacher: ``bcd.distill.build_model`` on it builds the student alone, and its
+    ``model_final.pth`` (or the ``student.*`` part of a full checkpoint) loads into it."""
+    out = cfg.clone()
+    out.defrost()
+    out.KD.LOSSES = []
+    if cfg.is_frozen():
+        out.freeze()
+    return out
+
+
+def _teacher_recipe(cfg: CfgNode) -> str:
+    """How to make ``KD.TEACHER.WEIGHTS``: the train_net command of ``KD.TEACHER.CONFIG_FILE``
+    (with ``KD.TEACHER.OPTS``), writing the file where the config expects it."""
+    import shlex
+
+    path = cfg.KD.TEACHER.WEIGHTS
+    cmd = ["python", "tools/train_net.py", "--config-file", cfg.KD.TEACHER.CONFIG_FILE, *cfg.KD.TEACHER.OPTS]
+    try:
+        out_dir = teacher_config(cfg).OUTPUT_DIR
+    except (FileNotFoundError, ValueError, KeyError):
+        out_dir = ""
+    want = os.path.dirname(os.path.normpath(path)) if os.path.basename(path) == "model_final.pth" else ""
+    if want and os.path.normpath(out_dir) != want:
+        cmd += ["OUTPUT_DIR", want]
+    where = (f"it writes {path}" if want else
+             f"then set KD.TEACHER.WEIGHTS to its OUTPUT_DIR/model_final.pth")
+    return f"{' '.join(shlex.quote(str(c)) for c in cmd)} ({where})"
+
+
+def check_teacher(cfg: CfgNode) -> None:
+    """Before a distillation run writes anything: the teacher's config exists and its weights
+    ``KD.TEACHER.WEIGHTS`` are a file. The error says how to make them (the train_net command of
+    ``KD.TEACHER.CONFIG_FILE``). Nothing to check when ``KD.LOSSES`` is empty.
+
+    Raises:
+        FileNotFoundError / ValueError: naming the key, the file and the command.
+    """
+    if len(cfg.KD.LOSSES) == 0:
+        return
+    teacher_config(cfg)  # KD.TEACHER.CONFIG_FILE exists and parses
+    path = cfg.KD.TEACHER.WEIGHTS
+    if not path:
+        raise ValueError(
+            "KD.TEACHER.WEIGHTS is empty: a distillation run needs trained teacher weights. Train "
+            f"the teacher first: {_teacher_recipe(cfg)}"
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"KD.TEACHER.WEIGHTS '{path}' does not exist: a distillation run needs the trained "
+            f"teacher of KD.TEACHER.CONFIG_FILE ({cfg.KD.TEACHER.CONFIG_FILE}). Train it first: "
+            f"{_teacher_recipe(cfg)}; or set KD.TEACHER.WEIGHTS to a trained checkpoint (bcd or "
+            "Detectron2)"
+        )
 
 
 def load_teacher_weights(model: nn.Module, path: str) -> None:

@@ -222,7 +222,8 @@ def write_kd_pictures(cfg, distiller: Optional[nn.Module], out_dir: str) -> Dict
       losses, KD weights, τ, evaluation metrics; ``bcd.utils.visualizer.plot_training_curves``);
     * ``predictions``: ``kd_predictions.png``, the first test image, its ground truth, the
       teacher's, the plain student's (``KD.BASELINE_OUTPUT_DIR/model_final.pth``, when present)
-      and the distilled student's predictions;
+      and the distilled student's predictions, each titled with its mIoU on that image, with
+      a class legend (``bcd.utils.visualizer.class_palette``, ``auto``);
     * ``signals``: ``kd_signals.png``, the BCD signals of that image (``bcd/distill/signals.py``),
       when ``KD.LOSSES`` has a BCD loss.
 
@@ -231,7 +232,7 @@ def write_kd_pictures(cfg, distiller: Optional[nn.Module], out_dir: str) -> Dict
     """
     import torch
 
-    from bcd.utils.visualizer import Panel, plot_training_curves, save_panel_grid
+    from bcd.utils.visualizer import Panel, class_palette, plot_training_curves, save_panel_grid
 
     out: Dict[str, str] = {}
     metrics = os.path.join(out_dir, "metrics.json")
@@ -257,13 +258,18 @@ def write_kd_pictures(cfg, distiller: Optional[nn.Module], out_dir: str) -> Dict
 
         with Image.open(d["file_name"]) as im:
             image = np.asarray(im.convert("RGB"))
+        from bcd.evaluation.sem_seg_evaluation import image_metrics
+
         names = list(meta.get("stuff_classes", None) or [])
-        colors = [tuple(c) for c in (meta.get("stuff_colors", None) or [])]
-        fields = dict(class_names=names, colors=colors, ignore_label=int(meta.get("ignore_label", 255)))
+        colors = class_palette(len(names), names, meta.get("stuff_colors", None) or [], "auto")
+        ignore = int(meta.get("ignore_label", 255))
+        fields = dict(class_names=names, colors=colors, ignore_label=ignore)
         row = [Panel("image", "image", image=image)]
+        gt = None
         if d.get("sem_seg_file_name"):
             with Image.open(d["sem_seg_file_name"]) as lab:
-                row.append(Panel("ground truth", "sem_seg", image=image, labels=np.asarray(lab), **fields))
+                gt = np.asarray(lab)
+            row.append(Panel("ground truth", "sem_seg", image=image, labels=gt, **fields))
         models = [("teacher", distiller.teacher), ("student (no KD)", _baseline_student(cfg, distiller.student)),
                   ("student (KD)", distiller.student)]
         was = distiller.training
@@ -277,7 +283,10 @@ def write_kd_pictures(cfg, distiller: Optional[nn.Module], out_dir: str) -> Dict
                 if "sem_seg" not in o:
                     row = []  # detection pictures: tools/visualize.py
                     break
-                row.append(Panel(label, "sem_seg", image=image, labels=o["sem_seg"].argmax(0).cpu().numpy(), **fields))
+                pred = o["sem_seg"].argmax(0).cpu().numpy()
+                if gt is not None and names and gt.shape == pred.shape:  # this image's score
+                    label = f"{label}\nmIoU {image_metrics(gt, pred, names, ignore)['mIoU']:.1f}"
+                row.append(Panel(label, "sem_seg", image=image, labels=pred, **fields))
         finally:
             distiller.train(was)
         if row:

@@ -18,6 +18,9 @@ a trainer directly). It
    sizes against the images, masks stored as 0 / 1);
 6. when training, checks ``TEST.BEST_CHECKPOINT_METRIC`` against the names the evaluators of
    ``DATASETS.TEST`` can return (``check_best_checkpoint_metric``).
+7. for a training run of a distillation config (``"TRAIN"`` in ``splits``), the teacher's config
+   and weights exist (``bcd.distill.check_teacher``: the error gives the command that trains
+   the teacher). ``--eval-only`` evaluates the student alone and needs no teacher.
 
 Every failure is a ``ValueError`` naming the config key, the dataset and both values, raised
 before any model is built. A meta-architecture without ``CLASS_COUNT`` is not checked (a
@@ -96,15 +99,22 @@ def check_class_counts(cfg, dataset_names: Sequence[str]) -> None:
 def validate_run(cfg, splits: Iterable[str] = ("TRAIN", "TEST")) -> None:
     """Every start-of-run check of ``cfg`` against the datasets of ``DATASETS.<split>``.
 
-    Registers the custom datasets and runs their checks (``register_from_config``), then
-    ``check_class_counts``. Call it before anything is written to ``OUTPUT_DIR``.
+    With ``"TRAIN"`` in ``splits``, first ``check_teacher`` (a distillation config's teacher
+    files); then registers the custom datasets and runs their checks (``register_from_config``),
+    ``check_class_counts``, ``check_custom_images``, ``check_object_seg_masks`` and, when
+    training, ``check_best_checkpoint_metric``. Call it before anything is written to
+    ``OUTPUT_DIR``.
 
     Raises:
         ValueError / FileNotFoundError / KeyError: naming the key, the dataset or the file.
     """
     from ..data.datasets import register_from_config
+    from ..distill import check_teacher
 
     splits = tuple(splits)
+    if "TRAIN" in splits:
+        # a distillation run needs its teacher; evaluating (TEST only) the student does not
+        check_teacher(cfg)
     register_from_config(cfg, splits=splits)
     names: List[str] = []
     for split in splits:

@@ -27,7 +27,7 @@ from ..utils import comm
 from .boundary import boundary_iou_counts, connected_component_counts, connectivity_scores
 from .evaluator import EVALUATOR_TYPES, DatasetEvaluator
 
-__all__ = ["SemSegEvaluator", "sem_seg_metrics"]
+__all__ = ["SemSegEvaluator", "confusion_matrix", "image_metrics", "sem_seg_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,37 @@ def sem_seg_metrics(
         for i, name in enumerate(class_names):
             res[f"Frag-{name}"] = float(frag[i])
     return res
+
+
+def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_label: int = 255,
+                     name: Any = None) -> np.ndarray:
+    """``K×K`` int64 counts ``conf[g, p]`` of one image's ``H×W`` ground truth and prediction,
+    pixels of ``ignore_label`` excluded.
+
+    Raises:
+        ValueError: a ground-truth value outside ``[0, K)`` and the ignore label (naming ``name``).
+    """
+    k = int(num_classes)
+    valid = gt != ignore_label
+    g, p = gt[valid].astype(np.int64), pred[valid].astype(np.int64)
+    if g.size and (g.min() < 0 or g.max() >= k):
+        bad = np.unique(g[(g < 0) | (g >= k)])[:10].tolist()
+        raise ValueError(
+            f"SemSegEvaluator: ground truth of '{name}' has values {bad} outside [0, {k}) and "
+            f"the ignore label {ignore_label}"
+        )
+    return np.bincount(k * g + p, minlength=k * k).reshape(k, k)
+
+
+def image_metrics(gt: np.ndarray, pred: np.ndarray, class_names: List[str], ignore_label: int = 255
+                  ) -> "OrderedDict[str, float]":
+    """:func:`sem_seg_metrics` of one image (``mIoU`` over the classes its ground truth holds,
+    ``pACC`` ...; no boundary or connectivity terms), for per-image figures."""
+    k = len(class_names)
+    zeros = np.zeros(k, dtype=np.int64)
+    conf = confusion_matrix(np.asarray(gt), np.asarray(pred), k, ignore_label)
+    res = sem_seg_metrics(conf, zeros, zeros, zeros, list(class_names))
+    return OrderedDict((key, v) for key, v in res.items() if "BIoU" not in key)
 
 
 class SemSegEvaluator(DatasetEvaluator):
@@ -212,15 +243,7 @@ class SemSegEvaluator(DatasetEvaluator):
 
     def _accumulate(self, gt: np.ndarray, pred: np.ndarray, name: Any = None) -> None:
         k = self._num_classes
-        valid = gt != self._ignore_label
-        g, p = gt[valid], pred[valid]
-        if g.size and (g.min() < 0 or g.max() >= k):
-            bad = np.unique(g[(g < 0) | (g >= k)])[:10].tolist()
-            raise ValueError(
-                f"SemSegEvaluator: ground truth of '{name}' has values {bad} outside [0, {k}) and "
-                f"the ignore label {self._ignore_label}"
-            )
-        self._conf += np.bincount(k * g + p, minlength=k * k).reshape(k, k)
+        self._conf += confusion_matrix(gt, pred, k, self._ignore_label, name)
         if self._boundary_ratio > 0:
             bi, bu, bg = boundary_iou_counts(gt, pred, k, self._ignore_label, self._boundary_ratio)
             self._b_inter += bi

@@ -87,3 +87,28 @@ def test_cascade_mask_rcnn_counts_its_roi_heads_or_names_them(tmp_path, capsys):
     assert "roi_heads.mask_head" in names and "roi_heads.mask_predictor" in names
     assert "Not counted (did not run" in text and "roi_heads.mask_head" in text
     assert out["by_module"]["roi_heads.box_head"]["flops"] > 0  # the box stages ran on the proposals
+
+
+def test_teacher_counts_need_no_weights(tmp_path):
+    """--teacher counts from KD.TEACHER.CONFIG_FILE alone: with neither the teacher's nor the
+    student's weights on disk the numbers are those of the teacher built from its config."""
+    t_dir = tmp_path / "teacher"
+    t_cfg, _ = save_run(str(t_dir), tiny_seg_cfg(width=0.5, channels=32))
+    s = tiny_seg_cfg()
+    s.KD.LOSSES = ["PixelKD"]
+    s.KD.TEACHER.CONFIG_FILE = t_cfg
+    s.KD.TEACHER.WEIGHTS = str(tmp_path / "never_trained" / "model_final.pth")
+    s.MODEL.WEIGHTS = str(tmp_path / "no_warm_start" / "model_final.pth")
+    kd_path = str(tmp_path / "kd.yaml")
+    with open(kd_path, "w") as f:
+        f.write(s.dump())
+    teacher = tool.main(["--config-file", kd_path, "--tasks", "parameter", "flop", "--teacher"])
+    student = tool.main(["--config-file", kd_path, "--tasks", "parameter", "flop"])
+    from bcd.modeling import build_model
+
+    ref_t = analyze_model(build_model(tool.load_config(t_cfg)), (64, 64), activations=False)
+    s.KD.LOSSES = []
+    ref_s = analyze_model(build_model(s), (64, 64), activations=False)
+    assert (teacher["params"], teacher["flops"]) == (ref_t.params, ref_t.flops)
+    assert (student["params"], student["flops"]) == (ref_s.params, ref_s.flops)
+

@@ -101,3 +101,25 @@ def test_missing_weights_is_an_error(tiny_run, tmp_path):
     cfg_path, _ = tiny_run
     with pytest.raises(ValueError, match="MODEL.WEIGHTS"):
         tool.main(["--config-file", cfg_path, "--output", str(tmp_path / "x")])
+
+
+def test_kd_config_exports_its_student_without_the_teacher(strong_run, tmp_path):
+    """A distillation config exports its student alone: no teacher file is read, and the
+    exported graph computes what the student's own config exports."""
+    cfg_path, w_path, images = strong_run
+    kd = tool.load_config(cfg_path)
+    kd.KD.LOSSES = ["PixelKD"]
+    kd.KD.TEACHER.CONFIG_FILE = cfg_path
+    kd.KD.TEACHER.WEIGHTS = str(tmp_path / "missing_teacher.pth")
+    kd_path = tmp_path / "kd.yaml"
+    kd_path.write_text(kd.dump())
+    args = ["--formats", "onnx", "--size", "64", "80", "--images", *images, "MODEL.WEIGHTS", w_path]
+    assert tool.main(["--config-file", str(kd_path), "--output", str(tmp_path / "kd"), *args]) == 0
+    assert tool.main(["--config-file", cfg_path, "--output", str(tmp_path / "plain"), *args]) == 0
+    from bcd.utils.export import load_images
+
+    x = load_images(images, (64, 80))
+    a = run_onnx(str(tmp_path / "kd" / "model.onnx"), x)[0]
+    b = run_onnx(str(tmp_path / "plain" / "model.onnx"), x)[0]
+    assert torch.equal(a, b) and not os.path.exists(kd.KD.TEACHER.WEIGHTS)
+
