@@ -2,7 +2,7 @@
 exported files against PyTorch on given images.
 
 What is exported (:class:`DeployNetwork`): ``preprocess`` + ``extract`` of the model (see
-``docs/internals.md``) on a fixed-size batch of RGB images, without post-processing:
+``docs/internals.md``) on a batch of RGB images, without post-processing:
 
 * input ``images``: ``B×3×H×W`` float32, RGB, 0..255 (normalisation by ``MODEL.PIXEL_MEAN/STD``
   and padding to the size divisibility happen inside the exported graph);
@@ -14,9 +14,19 @@ What is exported (:class:`DeployNetwork`): ``preprocess`` + ``extract`` of the m
   are not part of the graph). Decoding, NMS and resizing to the image size stay in Python
   (``model.inference`` / the detectors' ``postprocess``).
 
-The graph is traced at one input size (``1×3×H×W``; padding and pooling sizes are computed in
-Python when tracing), so the exported ONNX file takes exactly that shape (run a batch image by
-image, as :func:`run_onnx` does); the TorchScript file is traced the same way.
+Input sizes. The network computes its padding and its adaptive pooling (PSPNet) from the input's
+shape with tensor operations, so a trace records them as shape computations, not as the sizes
+of the example:
+
+* ONNX: ``export_onnx(net, path, dynamic=False)`` fixes the input at ``1×3×H×W`` (onnxruntime
+  refuses any other shape with an error naming the dimension); ``dynamic=True`` declares batch,
+  height and width as dynamic axes (``["batch", 3, "height", "width"]``).
+* TorchScript: ``export_torchscript(net, path, check_sizes)`` traces at ``1×3×H×W`` and runs the
+  trace at every ``check_sizes`` entry (another batch and size) against PyTorch: when the trace
+  agrees it is saved as it is (shape-generic); when it does not (code that tracing bakes in),
+  the file saved is a scripted guard around it that raises an error naming the traced size for
+  any other input shape (``torch.jit.Error``: ``builtins.RuntimeError: model.ts was traced at
+  1x3xHxW and is only valid at that shape; got ...``), instead of returning wrong numbers.
 """
 from __future__ import annotations
 
@@ -25,15 +35,17 @@ import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
     "DeployNetwork",
-    "StaticAdaptiveAvgPool2d",
+    "MatmulAdaptiveAvgPool2d",
     "compare_outputs",
     "export_onnx",
     "export_torchscript",
     "load_images",
+    "onnx_input_shape",
     "run_onnx",
     "torch_outputs",
 ]
@@ -59,14 +71,15 @@ class DeployNetwork(nn.Module):
         self.model = model
         self.size = (int(size[0]), int(size[1]))
         self.output_names: List[str] = []
+        self.divisibility = max(1, int(getattr(model, "size_divisibility", 1)))
         with torch.no_grad():
             probe = torch.rand(1, 3, *self.size, device=_device(model)) * 255
             ref = model.preprocess([{"image": probe[0], "height": self.size[0], "width": self.size[1]}])
             self._template = ref
             self.padded = (int(ref.tensor.shape[-2]), int(ref.tensor.shape[-1]))
-            self._static = all(hasattr(model, a) for a in ("pixel_mean", "pixel_std"))
-            if self._static and not torch.allclose(self._preprocess(probe).tensor, ref.tensor, atol=1e-5):
-                self._static = False  # the model's preprocess does more: trace it as it is
+            self._own = all(hasattr(model, a) for a in ("pixel_mean", "pixel_std"))
+            if self._own and not torch.allclose(self._preprocess(probe).tensor, ref.tensor, atol=1e-5):
+                self._own = False  # the model's preprocess does more: trace it as it is
             out = self._extract(probe)
         for k, v in out.items():
             if k in _SKIPPED:
@@ -82,26 +95,20 @@ class DeployNetwork(nn.Module):
             )
 
     def _preprocess(self, images: Tensor):
-        """``model.preprocess`` with Python-int padding: the traced graph then has static shapes
-        (``pad_to_divisible`` reads sizes from tensors, which the tracer records as dynamic and
-        which hides the spatial size from ops such as adaptive pooling). Checked against
+        """``model.preprocess`` on a batch tensor, written with shape arithmetic only (no Python
+        ints taken from the input), so a trace follows the input's batch and size: normalise,
+        then zero-pad bottom / right to a multiple of the size divisibility. Checked against
         ``model.preprocess`` when the network is built."""
         x = (images.float() - self.model.pixel_mean) / self.model.pixel_std
-        # zero blocks of constant size, concatenated: ONNX's Pad (F.pad) loses the static shape
-        # in the exporter's shape inference even with zero padding
-        n, c = int(images.shape[0]), int(images.shape[1])
-        (h, w), (H, W) = self.size, self.padded
-        if W > w:
-            x = torch.cat([x, x.new_zeros(n, c, h, W - w)], dim=3)
-        if H > h:
-            x = torch.cat([x, x.new_zeros(n, c, H - h, W)], dim=2)
+        d = self.divisibility
+        x = F.pad(x, (0, (-images.shape[-1]) % d, 0, (-images.shape[-2]) % d))
         return dataclasses.replace(
-            self._template, tensor=x, image_sizes=[self.size] * n,
-            inputs=[{"height": self.size[0], "width": self.size[1]}] * n,
+            self._template, tensor=x, image_sizes=[tuple(images.shape[-2:])],
+            inputs=[{"height": images.shape[-2], "width": images.shape[-1]}],
         )
 
     def _extract(self, images: Tensor) -> Dict[str, Any]:
-        if getattr(self, "_static", False):
+        if getattr(self, "_own", False):
             batch = self._preprocess(images)
         else:
             h, w = int(images.shape[-2]), int(images.shape[-1])
@@ -129,12 +136,13 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-class StaticAdaptiveAvgPool2d(nn.Module):
-    """``nn.AdaptiveAvgPool2d`` as two matrix products with averaging matrices built from the
-    input size at trace time: ``y = A_h · x · A_wᵀ``, ``A[i, floor(i·L/n) : ceil((i+1)·L/n)] =
-    1 / bin length`` (PyTorch's definition of the adaptive bins). Exact up to float rounding;
-    the legacy ONNX exporter cannot export adaptive pooling whose output size does not divide
-    the input size (PSPNet's bins 3 and 6), matrix products it can."""
+class MatmulAdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` as two matrix products, ``y = A_h · x · A_wᵀ``, with
+    ``A[i, floor(i·L/n) : ceil((i+1)·L/n)] = 1 / bin length`` (PyTorch's definition of the
+    adaptive bins), the matrices built from the input's shape with tensor operations. Exact up
+    to float rounding; the ONNX exporter cannot export adaptive pooling whose output size does not
+    divide the input size (PSPNet's bins 3 and 6), nor any adaptive pooling of a dynamic size,
+    matrix products of a traced shape it can."""
 
     def __init__(self, output_size) -> None:
         super().__init__()
@@ -142,71 +150,149 @@ class StaticAdaptiveAvgPool2d(nn.Module):
         self.output_size = tuple(o)
 
     @staticmethod
-    def _matrix(n: int, length: int, like: Tensor) -> Tensor:
-        a = torch.zeros(n, length, dtype=like.dtype, device=like.device)
-        for i in range(n):
-            start, end = (i * length) // n, -((-(i + 1) * length) // n)
-            a[i, start:end] = 1.0 / (end - start)
-        return a
+    def _matrix(n: int, length, like: Tensor) -> Tensor:
+        """``n × length`` averaging matrix; ``length`` may be a traced size."""
+        j = torch.arange(length, device=like.device)
+        i = torch.arange(n, device=like.device)
+        start = torch.div(i * length, n, rounding_mode="floor")
+        end = -torch.div(-(i + 1) * length, n, rounding_mode="floor")
+        inside = (j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])
+        return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        h, w = int(x.shape[-2]), int(x.shape[-1])
+        h, w = x.shape[-2], x.shape[-1]
         oh = self.output_size[0] if self.output_size[0] is not None else h
         ow = self.output_size[1] if self.output_size[1] is not None else w
         return torch.matmul(torch.matmul(self._matrix(oh, h, x), x), self._matrix(ow, w, x).t())
 
 
-def _static_pools(net: nn.Module) -> nn.Module:
+def _matmul_pools(net: nn.Module) -> nn.Module:
     """A deep copy of ``net`` with every ``nn.AdaptiveAvgPool2d`` replaced by
-    :class:`StaticAdaptiveAvgPool2d` (for the ONNX exporter; the original is left as it is)."""
+    :class:`MatmulAdaptiveAvgPool2d` (for the ONNX exporter; the original is left as it is)."""
     import copy
 
     net = copy.deepcopy(net)
     for name, m in list(net.named_modules()):
         for child_name, child in list(m.named_children()):
             if isinstance(child, nn.AdaptiveAvgPool2d):
-                setattr(m, child_name, StaticAdaptiveAvgPool2d(child.output_size))
+                setattr(m, child_name, MatmulAdaptiveAvgPool2d(child.output_size))
     return net
 
 
-def export_onnx(net: DeployNetwork, path: str, opset: int = 17) -> str:
-    """Write ``net`` to ``path`` as ONNX (input ``images`` ``1×3×H×W``, outputs
-    ``net.output_names``), with torch's TorchScript-based exporter (``dynamo=False``: it needs no
-    onnxscript and traces exactly what :class:`DeployNetwork` runs), adaptive average pooling
-    written as matrix products (:class:`StaticAdaptiveAvgPool2d`). Checked with
+def export_onnx(net: DeployNetwork, path: str, opset: int = 17, dynamic: bool = False) -> str:
+    """Write ``net`` to ``path`` as ONNX (input ``images``, outputs ``net.output_names``) with
+    torch's TorchScript-based exporter (``dynamo=False``: it needs no onnxscript and traces
+    exactly what :class:`DeployNetwork` runs), adaptive average pooling written as matrix products
+    (:class:`MatmulAdaptiveAvgPool2d`). The input is ``1×3×H×W`` at ``net.size``, or with
+    ``dynamic`` ``batch×3×height×width`` (outputs: dynamic batch and spatial axes). Checked with
     ``onnx.checker``. Returns ``path``."""
     import onnx
 
     example = torch.zeros(1, 3, *net.size, device=_device(net.model))
-    # Static shapes: adaptive pooling (PSP) and the padding need the spatial size at export time,
-    # and a symbolic batch axis hides it from the exporter's shape inference.
+    axes = None
+    if dynamic:
+        axes = {"images": {0: "batch", 2: "height", 3: "width"}}
+        for n in net.output_names:
+            axes[n] = {0: "batch", 2: f"{n}_height", 3: f"{n}_width"}
     with torch.no_grad():
         torch.onnx.export(
-            _static_pools(net), (example,), path, dynamo=False, opset_version=opset, input_names=["images"],
-            output_names=list(net.output_names), do_constant_folding=True,
+            _matmul_pools(net), (example,), path, dynamo=False, opset_version=opset, input_names=["images"],
+            output_names=list(net.output_names), do_constant_folding=True, dynamic_axes=axes,
         )
     onnx.checker.check_model(onnx.load(path))
     return path
 
 
-def run_onnx(path: str, images: Tensor) -> List[Tensor]:
-    """Run an exported file with onnxruntime (CPU) on ``images`` (``B×3×H×W`` float32), one image
-    at a time (the graph's batch is 1); outputs concatenated along the batch axis."""
+def onnx_input_shape(path: str) -> List[Any]:
+    """The declared shape of the file's ``images`` input: ints, or names for dynamic axes."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    per_image = [sess.run(None, {"images": im[None].detach().cpu().float().numpy()}) for im in images]
+    return list(sess.get_inputs()[0].shape)
+
+
+def run_onnx(path: str, images: Tensor) -> List[Tensor]:
+    """Run an exported file with onnxruntime (CPU) on ``images`` (``B×3×H×W`` float32): the whole
+    batch at once when the file's batch axis is dynamic, else one image at a time (outputs
+    concatenated along the batch axis). onnxruntime's own error for a shape the file does not
+    take is raised as it is."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = images.detach().cpu().float().numpy()
+    if not isinstance(sess.get_inputs()[0].shape[0], int):
+        return [torch.from_numpy(o) for o in sess.run(None, {"images": x})]
+    per_image = [sess.run(None, {"images": im[None]}) for im in x]
     return [torch.cat([torch.from_numpy(o[i]) for o in per_image]) for i in range(len(per_image[0]))]
 
 
-def export_torchscript(net: DeployNetwork, path: str) -> str:
-    """``torch.jit.trace`` of ``net`` at its size, saved to ``path``. Raises what tracing raises
-    for data-dependent control flow."""
-    example = torch.zeros(1, 3, *net.size, device=_device(net.model))
+class _FixedSizeGuard(nn.Module):
+    """A TorchScript trace that is only right at its traced size, with that size checked: any
+    other input shape raises an error (``RuntimeError`` inside TorchScript, ``torch.jit.Error``
+    outside) naming both shapes and how to export another size (scripted, so the check is in the
+    saved file)."""
+
+    def __init__(self, traced: nn.Module, size: Tuple[int, int]) -> None:
+        super().__init__()
+        self.traced = traced
+        self.height = int(size[0])
+        self.width = int(size[1])
+
+    def forward(self, images: Tensor):  # returns the traced tuple (its type is inferred)
+        if images.dim() != 4 or images.shape[0] != 1 or images.shape[2] != self.height \
+                or images.shape[3] != self.width:
+            raise RuntimeError(
+                "model.ts was traced at 1x3x" + str(self.height) + "x" + str(self.width)
+                + " and is only valid at that shape; got " + str(images.shape)
+                + ". Export again with tools/export.py --size H W for another size."
+            )
+        return self.traced(images)
+
+
+def export_torchscript(net: DeployNetwork, path: str,
+                       check_sizes: Sequence[Tuple[int, int, int]] = ()) -> Dict[str, Any]:
+    """``torch.jit.trace`` of ``net`` at ``1×3×H×W`` (``net.size``), saved to ``path``.
+
+    The trace is run at each ``(batch, height, width)`` of ``check_sizes`` on random images and
+    compared with PyTorch (``torch.allclose`` at atol 1e-4, rtol 1e-3). When every one agrees
+    the trace is saved as it is; otherwise the saved file is the scripted
+    :class:`_FixedSizeGuard` around it, which refuses every shape but the traced one.
+
+    Returns:
+        ``{"file", "traced_at": [1, 3, H, W], "shape_generic": bool, "checked_at": [[B, 3, h, w],
+        ...], "mismatch": reason or None}``.
+
+    Raises:
+        what tracing raises for data-dependent control flow.
+    """
+    dev = _device(net.model)
+    example = torch.zeros(1, 3, *net.size, device=dev)
     with torch.no_grad():
         traced = torch.jit.trace(net, (example,), check_trace=False)
-    traced.save(path)
-    return path
+    mismatch = None
+    g = torch.Generator().manual_seed(0)
+    for b, h, w in check_sizes:
+        x = (torch.rand(b, 3, h, w, generator=g) * 255).to(dev)
+        with torch.no_grad():
+            ref = [t.cpu() for t in net(x)]
+            try:
+                got = [t.cpu() for t in traced(x)]
+            except (RuntimeError, torch.jit.Error) as e:  # a baked-in size the trace cannot run with
+                mismatch = f"{b}x3x{h}x{w}: {type(e).__name__}: {str(e).splitlines()[0]}"
+                break
+        bad = [n for n, r, o in zip(net.output_names, ref, got)
+               if r.shape != o.shape or not torch.allclose(o, r, atol=1e-4, rtol=1e-3)]
+        if bad:
+            mismatch = f"{b}x3x{h}x{w}: outputs {bad} differ from PyTorch"
+            break
+    if mismatch is None:
+        traced.save(path)
+    else:
+        logger.warning(f"TorchScript trace is not shape-generic ({mismatch}): saving it with a guard "
+                       f"that refuses every input shape but 1x3x{net.size[0]}x{net.size[1]}")
+        torch.jit.script(_FixedSizeGuard(traced, net.size)).save(path)
+    return {"file": path, "traced_at": [1, 3, *net.size], "shape_generic": mismatch is None,
+            "checked_at": [[b, 3, h, w] for b, h, w in check_sizes], "mismatch": mismatch}
 
 
 def compare_outputs(

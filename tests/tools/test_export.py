@@ -1,6 +1,9 @@
 """tools/export.py: ONNX (onnxruntime) and TorchScript outputs equal PyTorch's on real image
 files within the stated tolerance (atol 1e-4 + rtol 1e-3·|ref|, float32), for a tiny PSPNet and
-the demo RetinaNet; adaptive pooling rewritten for ONNX is exact."""
+the demo RetinaNet; adaptive pooling rewritten for ONNX is exact. Input sizes (issue 21, issue 22
+item 5): a dynamic ONNX file and the TorchScript file give PyTorch's outputs at a second size and
+batch 3; a fixed ONNX file refuses them; a trace that bakes sizes in is saved behind a guard that
+refuses other shapes instead of returning wrong numbers."""
 from __future__ import annotations
 
 import json
@@ -15,7 +18,7 @@ from torch import nn
 
 from bcd.utils.export import (
     DeployNetwork,
-    StaticAdaptiveAvgPool2d,
+    MatmulAdaptiveAvgPool2d,
     compare_outputs,
     export_onnx,
     run_onnx,
@@ -52,6 +55,9 @@ def test_onnx_and_torchscript_equal_pytorch(strong_run, tmp_path, size):
                     "--images", *images, "MODEL.WEIGHTS", w_path])
     rep = json.load(open(out / "export_report.json"))
     assert rc == 0 and rep["ok"] and rep["outputs"] == ["logits"]
+    assert rep["input"]["onnx_shape"] == rep["onnx"]["input_shape"] == [1, 3, *size]  # what was exported
+    assert rep["onnx"]["second_size"]["refused"]  # the fixed file refuses 3×3×(H-3)×(W+3)
+    assert rep["torchscript"]["shape_generic"] and rep["torchscript"]["second_size"]["ok"]
     assert os.path.getsize(out / "model.onnx") > 10_000 and os.path.isfile(out / "model.ts")
     assert rep["onnx"]["max_abs_diff"] <= 1e-4 and rep["torchscript"]["max_abs_diff"] <= 1e-4
     assert rep["onnx"]["outputs"]["logits"]["max_abs_ref"] > 1.0  # the comparison bites
@@ -73,10 +79,82 @@ def test_onnx_and_torchscript_equal_pytorch(strong_run, tmp_path, size):
     assert ref.abs().max() > 1.0
 
 
-def test_static_adaptive_pool_is_exact():
-    x = torch.randn(2, 3, 8, 10)
-    for bins in [1, 2, 3, 6, (3, 7)]:
-        torch.testing.assert_close(StaticAdaptiveAvgPool2d(bins)(x), nn.AdaptiveAvgPool2d(bins)(x))
+def test_matmul_adaptive_pool_is_exact():
+    for shape in [(2, 3, 8, 10), (1, 2, 7, 13)]:
+        x = torch.randn(*shape)
+        for bins in [1, 2, 3, 6, (3, 7)]:
+            torch.testing.assert_close(MatmulAdaptiveAvgPool2d(bins)(x), nn.AdaptiveAvgPool2d(bins)(x))
+
+
+def _reference(model, x):
+    """The model's own preprocess + extract on each image (independent of DeployNetwork)."""
+    h, w = x.shape[-2:]
+    with torch.no_grad():
+        return model.extract(model.preprocess([{"image": im, "height": h, "width": w} for im in x]))["logits"]
+
+
+def test_dynamic_onnx_and_torchscript_at_two_sizes_and_batch_3(strong_run, tmp_path):
+    from bcd.engine import Checkpointer
+    from bcd.modeling import build_model
+    from bcd.utils.export import load_images
+
+    cfg_path, w_path, images = strong_run
+    out = tmp_path / "export"
+    rc = tool.main(["--config-file", cfg_path, "--output", str(out), "--size", "64", "80", "--dynamic",
+                    "--check-size", "61", "67", "--images", *images, "MODEL.WEIGHTS", w_path])
+    rep = json.load(open(out / "export_report.json"))
+    assert rc == 0 and rep["ok"]
+    assert rep["input"]["onnx_shape"] == rep["onnx"]["input_shape"] == ["batch", 3, "height", "width"]
+    assert rep["checks"]["second_size"] == [3, 3, 61, 67] and rep["onnx"]["second_size"]["ok"]
+    model = build_model(tool.load_config(cfg_path)).eval()
+    Checkpointer(model).load(w_path, checkpointables=[])
+    ts = torch.jit.load(str(out / "model.ts"))
+    for size in [(64, 80), (61, 67), (96, 40)]:
+        x = torch.cat([load_images(images, size)] * 2)[:3]  # batch 3
+        ref = _reference(model, x)
+        assert ref.abs().max() > 1.0
+        got = run_onnx(str(out / "model.onnx"), x)[0]
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-3)
+        with torch.no_grad():
+            torch.testing.assert_close(ts(x)[0], ref, atol=1e-4, rtol=1e-3)
+
+
+class _BakesSizes(nn.Module):
+    """A meta-architecture whose extract takes a Python int from the input's shape: tracing
+    bakes it in (the case of pytorch#42653)."""
+
+    size_divisibility = 1
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("pixel_mean", torch.zeros(3, 1, 1))
+        self.register_buffer("pixel_std", torch.ones(3, 1, 1))
+
+    def preprocess(self, inputs):
+        from bcd.structures import ImageBatch
+
+        x = torch.stack([(d["image"].float() - self.pixel_mean) / self.pixel_std for d in inputs])
+        return ImageBatch(tensor=x, image_sizes=[tuple(x.shape[-2:])] * len(x), inputs=list(inputs))
+
+    def extract(self, batch):
+        x = batch.tensor
+        half = int(x.shape[-1]) // 2
+        return {"logits": x[..., :half] * 2.0}
+
+
+def test_torchscript_that_bakes_sizes_refuses_other_shapes(tmp_path):
+    from bcd.utils.export import export_torchscript
+
+    net = DeployNetwork(_BakesSizes(), (8, 10)).eval()
+    info = export_torchscript(net, str(tmp_path / "m.ts"), check_sizes=[(3, 7, 12)])
+    assert not info["shape_generic"] and "7x12" not in str(info["traced_at"]) and info["mismatch"]
+    ts = torch.jit.load(str(tmp_path / "m.ts"))
+    x = torch.rand(1, 3, 8, 10) * 255
+    torch.testing.assert_close(ts(x)[0], net(x)[0])  # right at the traced size
+    with pytest.raises(torch.jit.Error, match=r"traced at 1x3x8x10 and is only valid at that shape; got \[1, 3, 7, 12\]"):
+        ts(torch.rand(1, 3, 7, 12))
+    with pytest.raises(torch.jit.Error, match="traced at 1x3x8x10"):
+        ts(torch.rand(3, 3, 8, 10))
 
 
 def test_detector_network_exports(tmp_path):
