@@ -20,13 +20,16 @@ conversion handles what differs in the computation:
 ``maybe_convert_detectron2(state, model, input_format)`` is what the checkpointer
 (``MODEL.WEIGHTS``) and the Distiller (``KD.TEACHER.WEIGHTS``) call: it returns ``state``
 unchanged unless it is a Detectron2 state dict. ``tools/convert_detectron2.py`` writes the
-converted file once.
+converted file once. ``config_from_detectron2(d2_config)`` reads Detectron2's ``config.yaml``
+into the ``bcd`` keys of the same model (widths, classes, head convs, anchors, input format,
+pixel statistics, test thresholds), so no value has to be guessed.
 """
 from __future__ import annotations
 
 import logging
 import re
-from typing import Dict, List, Optional, Tuple
+from collections import OrderedDict
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +37,7 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 __all__ = ["is_detectron2_state_dict", "convert_detectron2_state_dict", "maybe_convert_detectron2",
-           "anchor_permutation"]
+           "anchor_permutation", "config_from_detectron2"]
 
 _D2_MARKERS = (
     "backbone.bottom_up.stem.conv1.norm.",
@@ -151,6 +154,7 @@ def convert_detectron2_state_dict(state: Dict[str, object], model: nn.Module,
     perm = anchor_permutation(*layout) if layout else None
     out: Dict[str, Tensor] = {}
     unknown = []
+    shapes = []
     for key, value in state.items():
         new = _rename(key, fpn_first)
         if new is None:
@@ -166,9 +170,14 @@ def convert_detectron2_state_dict(state: Dict[str, object], model: nn.Module,
             t = _permute_anchor_channels(t, perm)
         ref = target[new]
         if tuple(t.shape) != tuple(ref.shape):
-            raise ValueError(f"Detectron2 checkpoint {source}: {key} has shape {tuple(t.shape)}, but the "
-                             f"model's {new} has {tuple(ref.shape)} (check the config's widths / classes)")
+            shapes.append(f"{key} {tuple(t.shape)} vs the model's {new} {tuple(ref.shape)}")
+            continue
         out[new] = t.to(ref.dtype)
+    if shapes:  # every mismatch at once: widths, classes and head depths show together
+        raise ValueError(
+            f"Detectron2 checkpoint {source}: {len(shapes)} tensors have another shape than the model "
+            f"(check the config's widths / classes / convs; tools/convert_detectron2.py --d2-config "
+            f"derives them from Detectron2's config.yaml):\n  " + "\n  ".join(shapes))
     for key, ref in target.items():
         if key not in out and key.endswith("num_batches_tracked"):
             out[key] = ref.clone()
@@ -196,3 +205,163 @@ def maybe_convert_detectron2(state: Dict[str, object], model: nn.Module, input_f
     logger.info(f"{source or 'checkpoint'}: Detectron2 key names; converting for {type(model).__name__} "
                 f"(input {input_format} -> RGB, anchor order size-major -> ratio-major)")
     return convert_detectron2_state_dict(state, model, input_format, source)
+
+
+# ---------------------------------------------------------------------------------- configs
+def _get(d: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = d
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def config_from_detectron2(d2: Mapping[str, Any]) -> "OrderedDict[str, Any]":
+    """The ``bcd`` config values that build the model of a Detectron2 config and run it at test
+    time as Detectron2 does: ``{dotted key: value}`` over every key that decides the weights'
+    shapes or the test-time computation (architecture, depth, ``STRIDE_IN_1X1``, norm, FPN
+    width / levels / top block, class count, head convs, anchor sizes and aspect ratios, RPN and
+    RoI-head settings, input format, pixel statistics in RGB order, test sizes and thresholds).
+
+    Supported: ``RetinaNet`` and ``GeneralizedRCNN`` with ``StandardROIHeads`` (-> ``MaskRCNN``)
+    or ``CascadeROIHeads`` (-> ``CascadeMaskRCNN``), on ``build_resnet_fpn_backbone`` /
+    ``build_retinanet_resnet_fpn_backbone`` (ResNet-18 .. 152).
+
+    Args:
+        d2: Detectron2's config as a dict (``yaml.safe_load`` of its dumped ``config.yaml``).
+
+    Raises:
+        ValueError: naming the Detectron2 key of anything ``bcd`` cannot build the same way
+            (ResNeXt widths, deformable convs, a dilated res5, another FPN fuse, an anchor
+            offset, RoIAlign without ``aligned``, head norms, conv box heads, ...).
+    """
+    m = d2.get("MODEL", {})
+    out: "OrderedDict[str, Any]" = OrderedDict()
+
+    def need(key: str, ok: bool, want: str) -> None:
+        if not ok:
+            raise ValueError(f"Detectron2 config: MODEL.{key} = {_get(m, key)!r}; bcd builds {want} only")
+
+    arch = m.get("META_ARCHITECTURE")
+    roi_name = _get(m, "ROI_HEADS.NAME")
+    if arch == "RetinaNet":
+        bcd_arch = "RetinaNet"
+    elif arch == "GeneralizedRCNN" and roi_name in ("CascadeROIHeads", "StandardROIHeads"):
+        bcd_arch = "CascadeMaskRCNN" if roi_name == "CascadeROIHeads" else "MaskRCNN"
+    else:
+        raise ValueError(f"Detectron2 config: MODEL.META_ARCHITECTURE {arch!r} (ROI_HEADS.NAME {roi_name!r}); "
+                         "bcd converts RetinaNet and GeneralizedRCNN with StandardROIHeads / CascadeROIHeads")
+    out["MODEL.META_ARCHITECTURE"] = bcd_arch
+    # backbone: ResNet + FPN
+    backbone = _get(m, "BACKBONE.NAME")
+    need("BACKBONE.NAME", backbone in ("build_resnet_fpn_backbone", "build_retinanet_resnet_fpn_backbone"),
+         "ResNet-FPN backbones (build_resnet_fpn_backbone, build_retinanet_resnet_fpn_backbone)")
+    r = m.get("RESNETS", {})
+    depth = int(r.get("DEPTH", 50))
+    need("RESNETS.NUM_GROUPS", int(r.get("NUM_GROUPS", 1)) == 1, "ResNets (NUM_GROUPS 1, not ResNeXt)")
+    need("RESNETS.WIDTH_PER_GROUP", int(r.get("WIDTH_PER_GROUP", 64)) == 64, "WIDTH_PER_GROUP 64")
+    need("RESNETS.STEM_OUT_CHANNELS", int(r.get("STEM_OUT_CHANNELS", 64)) == 64, "a 64-channel stem")
+    need("RESNETS.RES2_OUT_CHANNELS", int(r.get("RES2_OUT_CHANNELS", 256)) == (64 if depth in (18, 34) else 256),
+         "the standard widths (64 for R18 / R34, 256 otherwise)")
+    need("RESNETS.RES5_DILATION", int(r.get("RES5_DILATION", 1)) == 1, "RES5_DILATION 1")
+    need("RESNETS.DEFORM_ON_PER_STAGE", not any(r.get("DEFORM_ON_PER_STAGE", [])), "no deformable convs")
+    out["MODEL.BACKBONE.NAME"] = "build_resnet_fpn_backbone"
+    out["MODEL.BACKBONE.NORM"] = r.get("NORM", "FrozenBN")
+    out["MODEL.BACKBONE.FREEZE_AT"] = int(_get(m, "BACKBONE.FREEZE_AT", 2))
+    out["MODEL.BACKBONE.WEIGHTS"] = ""  # every weight comes from the checkpoint
+    out["MODEL.RESNETS.DEPTH"] = depth
+    out["MODEL.RESNETS.WIDTH_MULTIPLIER"] = 1.0
+    out["MODEL.RESNETS.OUTPUT_STRIDE"] = 32
+    out["MODEL.RESNETS.STRIDE_IN_1X1"] = bool(r.get("STRIDE_IN_1X1", True))
+    out["MODEL.RESNETS.OUT_FEATURES"] = list(r.get("OUT_FEATURES", ["res2", "res3", "res4", "res5"]))
+    f = m.get("FPN", {})
+    need("FPN.FUSE_TYPE", f.get("FUSE_TYPE", "sum") == "sum", "FUSE_TYPE sum")
+    out["MODEL.FPN.IN_FEATURES"] = list(f.get("IN_FEATURES", []))
+    out["MODEL.FPN.OUT_CHANNELS"] = int(f.get("OUT_CHANNELS", 256))
+    out["MODEL.FPN.NORM"] = f.get("NORM", "")
+    if backbone == "build_retinanet_resnet_fpn_backbone":  # LastLevelP6P7 on res5
+        out["MODEL.FPN.TOP_BLOCK"], out["MODEL.FPN.TOP_BLOCK_IN"] = "P6P7", "res5"
+    else:  # LastLevelMaxPool
+        out["MODEL.FPN.TOP_BLOCK"] = "P6"
+    # anchors (Detectron2 order size-major; the conversion permutes the head channels)
+    a = m.get("ANCHOR_GENERATOR", {})
+    need("ANCHOR_GENERATOR.NAME", a.get("NAME", "DefaultAnchorGenerator") == "DefaultAnchorGenerator",
+         "DefaultAnchorGenerator")
+    need("ANCHOR_GENERATOR.OFFSET", float(a.get("OFFSET", 0.0)) == 0.0, "OFFSET 0.0")
+    out["MODEL.ANCHOR_GENERATOR.SIZES"] = [list(x) for x in a.get("SIZES", [])]
+    out["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"] = [list(x) for x in a.get("ASPECT_RATIOS", [])]
+    if bcd_arch == "RetinaNet":
+        n = m.get("RETINANET", {})
+        need("RETINANET.NORM", not n.get("NORM", ""), "head convs without norm")
+        for k in ("NUM_CLASSES", "NUM_CONVS", "PRIOR_PROB", "FOCAL_LOSS_ALPHA", "FOCAL_LOSS_GAMMA",
+                  "SCORE_THRESH_TEST", "TOPK_CANDIDATES_TEST", "NMS_THRESH_TEST"):
+            if k in n:
+                out[f"MODEL.RETINANET.{k}"] = n[k]
+        out["MODEL.RETINANET.IN_FEATURES"] = list(n.get("IN_FEATURES", []))
+        out["MODEL.RETINANET.IOU_THRESHOLDS"] = list(n.get("IOU_THRESHOLDS", [0.4, 0.5]))
+        out["MODEL.RETINANET.BBOX_REG_WEIGHTS"] = list(n.get("BBOX_REG_WEIGHTS", [1.0, 1.0, 1.0, 1.0]))
+        out["MODEL.RETINANET.SMOOTH_L1_BETA"] = float(n.get("SMOOTH_L1_LOSS_BETA", 0.1))
+    else:
+        rpn = m.get("RPN", {})
+        need("RPN.HEAD_NAME", rpn.get("HEAD_NAME", "StandardRPNHead") == "StandardRPNHead", "StandardRPNHead")
+        need("RPN.CONV_DIMS", list(rpn.get("CONV_DIMS", [-1])) == [-1], "one RPN conv of the input width")
+        for k in ("IN_FEATURES", "IOU_THRESHOLDS", "BBOX_REG_WEIGHTS"):
+            out[f"MODEL.RPN.{k}"] = list(rpn[k])
+        for k in ("BATCH_SIZE_PER_IMAGE", "POSITIVE_FRACTION", "SMOOTH_L1_BETA", "LOSS_WEIGHT",
+                  "PRE_NMS_TOPK_TRAIN", "PRE_NMS_TOPK_TEST", "POST_NMS_TOPK_TRAIN", "POST_NMS_TOPK_TEST",
+                  "NMS_THRESH"):
+            if k in rpn:
+                out[f"MODEL.RPN.{k}"] = rpn[k]
+        out["MODEL.RPN.MIN_SIZE"] = float(_get(m, "PROPOSAL_GENERATOR.MIN_SIZE", 0))
+        rh = m.get("ROI_HEADS", {})
+        for k in ("NUM_CLASSES", "BATCH_SIZE_PER_IMAGE", "POSITIVE_FRACTION", "PROPOSAL_APPEND_GT",
+                  "SCORE_THRESH_TEST", "NMS_THRESH_TEST"):
+            if k in rh:
+                out[f"MODEL.ROI_HEADS.{k}"] = rh[k]
+        out["MODEL.ROI_HEADS.IN_FEATURES"] = list(rh.get("IN_FEATURES", []))
+        out["MODEL.ROI_HEADS.IOU_THRESHOLDS"] = list(rh.get("IOU_THRESHOLDS", [0.5]))
+        bh = m.get("ROI_BOX_HEAD", {})
+        need("ROI_BOX_HEAD.NUM_CONV", int(bh.get("NUM_CONV", 0)) == 0, "FC box heads (NUM_CONV 0)")
+        need("ROI_BOX_HEAD.POOLER_TYPE", bh.get("POOLER_TYPE", "ROIAlignV2") == "ROIAlignV2",
+             "ROIAlignV2 (aligned RoIAlign)")
+        for k in ("NUM_FC", "FC_DIM", "POOLER_RESOLUTION", "POOLER_SAMPLING_RATIO", "CLS_AGNOSTIC_BBOX_REG",
+                  "SMOOTH_L1_BETA"):
+            if k in bh:
+                out[f"MODEL.ROI_BOX_HEAD.{k}"] = bh[k]
+        c = m.get("ROI_BOX_CASCADE_HEAD", {})
+        if bcd_arch == "CascadeMaskRCNN":
+            out["MODEL.ROI_BOX_CASCADE_HEAD.IOUS"] = list(c.get("IOUS", [0.5, 0.6, 0.7]))
+            out["MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS"] = [list(w) for w in c.get("BBOX_REG_WEIGHTS", [])]
+        else:  # one stage: the RoI heads' IoU and the box head's weights
+            out["MODEL.ROI_BOX_CASCADE_HEAD.IOUS"] = [float(out["MODEL.ROI_HEADS.IOU_THRESHOLDS"][0])]
+            out["MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS"] = [list(bh.get("BBOX_REG_WEIGHTS", [10.0, 10.0, 5.0, 5.0]))]
+        out["MODEL.MASK_ON"] = bool(m.get("MASK_ON", False))
+        if out["MODEL.MASK_ON"]:
+            mh = m.get("ROI_MASK_HEAD", {})
+            need("ROI_MASK_HEAD.POOLER_TYPE", mh.get("POOLER_TYPE", "ROIAlignV2") == "ROIAlignV2",
+                 "ROIAlignV2 (aligned RoIAlign)")
+            need("ROI_MASK_HEAD.NORM", not mh.get("NORM", ""), "mask heads without norm")
+            for k in ("NUM_CONV", "CONV_DIM", "POOLER_RESOLUTION", "POOLER_SAMPLING_RATIO", "CLS_AGNOSTIC_MASK"):
+                if k in mh:
+                    out[f"MODEL.ROI_MASK_HEAD.{k}"] = mh[k]
+    # input: bcd feeds RGB; Detectron2's mean / std are in its INPUT.FORMAT order
+    fmt = _get(d2, "INPUT.FORMAT", "BGR")
+    if fmt not in ("BGR", "RGB"):
+        raise ValueError(f"Detectron2 config: INPUT.FORMAT {fmt!r}; bcd converts BGR and RGB models")
+    mean = [float(v) for v in m.get("PIXEL_MEAN", [103.53, 116.28, 123.675])]
+    std = [float(v) for v in m.get("PIXEL_STD", [1.0, 1.0, 1.0])]
+    out["MODEL.PIXEL_MEAN"] = mean[::-1] if fmt == "BGR" else mean
+    out["MODEL.PIXEL_STD"] = std[::-1] if fmt == "BGR" else std
+    out["MODEL.D2_INPUT_FORMAT"] = fmt
+    i = d2.get("INPUT", {})
+    for k in ("MIN_SIZE_TEST", "MAX_SIZE_TEST", "MAX_SIZE_TRAIN", "MIN_SIZE_TRAIN_SAMPLING"):
+        if k in i:
+            out[f"INPUT.{k}"] = i[k]
+    if "MIN_SIZE_TRAIN" in i:
+        v = i["MIN_SIZE_TRAIN"]
+        out["INPUT.MIN_SIZE_TRAIN"] = tuple(v) if isinstance(v, (list, tuple)) else (v,)
+    if "DETECTIONS_PER_IMAGE" in d2.get("TEST", {}):
+        out["TEST.DETECTIONS_PER_IMAGE"] = int(d2["TEST"]["DETECTIONS_PER_IMAGE"])
+    return out
+

@@ -7,66 +7,46 @@ from typing import Dict, List
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FIXTURES = os.path.join(os.path.dirname(REPO), "shared", "fixtures", "detectron2")
+# BCD_D2_FIXTURES: another folder of fixtures made the same way (other photos, other seed)
+FIXTURES = os.environ.get("BCD_D2_FIXTURES") or os.path.join(os.path.dirname(REPO), "shared", "fixtures", "detectron2")
 
 
 def d2_cfg(kind: str):
-    """Our config equal to the fixture's Detectron2 config.yaml (read from it, not retyped)."""
+    """Our config of the fixture's model: ``bcd.modeling.d2_convert.config_from_detectron2`` of
+    its Detectron2 ``config.yaml`` on the defaults (``get_cfg()``), on the CPU."""
     import yaml
 
     from bcd.config import get_cfg
+    from bcd.modeling.d2_convert import config_from_detectron2
 
-    d2 = yaml.safe_load(open(os.path.join(FIXTURES, kind, "config.yaml")))["MODEL"]
+    d2 = yaml.safe_load(open(os.path.join(FIXTURES, kind, "config.yaml")))
     cfg = get_cfg()
+    for key, value in config_from_detectron2(d2).items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
     cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    cfg.MODEL.BACKBONE.NORM = d2["RESNETS"]["NORM"]
-    cfg.MODEL.BACKBONE.FREEZE_AT = d2["BACKBONE"]["FREEZE_AT"]
-    cfg.MODEL.RESNETS.DEPTH = d2["RESNETS"]["DEPTH"]
-    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = d2["RESNETS"]["STRIDE_IN_1X1"]
-    cfg.MODEL.RESNETS.OUT_FEATURES = d2["RESNETS"]["OUT_FEATURES"]
-    cfg.MODEL.FPN.IN_FEATURES = d2["FPN"]["IN_FEATURES"]
-    cfg.MODEL.FPN.OUT_CHANNELS = d2["FPN"]["OUT_CHANNELS"]
-    # Detectron2 INPUT.FORMAT BGR with its BGR mean / std: ours in RGB order
-    cfg.MODEL.PIXEL_MEAN = list(d2["PIXEL_MEAN"])[::-1]
-    cfg.MODEL.PIXEL_STD = list(d2["PIXEL_STD"])[::-1]
-    cfg.MODEL.D2_INPUT_FORMAT = "BGR"
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = d2["ANCHOR_GENERATOR"]["SIZES"]
-    cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = d2["ANCHOR_GENERATOR"]["ASPECT_RATIOS"]
-    cfg.TEST.DETECTIONS_PER_IMAGE = 100
-    if kind.startswith("retinanet"):
-        r = d2["RETINANET"]
-        cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
-        cfg.MODEL.FPN.TOP_BLOCK = "P6P7"
-        cfg.MODEL.FPN.TOP_BLOCK_IN = "res5"
-        cfg.MODEL.RETINANET.NUM_CLASSES = r["NUM_CLASSES"]
-        cfg.MODEL.RETINANET.NUM_CONVS = r["NUM_CONVS"]
-        cfg.MODEL.RETINANET.IN_FEATURES = r["IN_FEATURES"]
-        cfg.MODEL.RETINANET.IOU_THRESHOLDS = r["IOU_THRESHOLDS"]
-        cfg.MODEL.RETINANET.SMOOTH_L1_BETA = r["SMOOTH_L1_LOSS_BETA"]
-        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = r["SCORE_THRESH_TEST"]
-        cfg.MODEL.RETINANET.NMS_THRESH_TEST = r["NMS_THRESH_TEST"]
-        cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST = r["TOPK_CANDIDATES_TEST"]
-    else:
-        cfg.MODEL.META_ARCHITECTURE = "CascadeMaskRCNN"
-        cfg.MODEL.MASK_ON = d2["MASK_ON"]
-        cfg.MODEL.FPN.TOP_BLOCK = "P6"
-        rpn, rh, bh, mh = d2["RPN"], d2["ROI_HEADS"], d2["ROI_BOX_HEAD"], d2["ROI_MASK_HEAD"]
-        for k in ("IN_FEATURES", "IOU_THRESHOLDS", "BATCH_SIZE_PER_IMAGE", "POSITIVE_FRACTION", "NMS_THRESH",
-                  "PRE_NMS_TOPK_TEST", "POST_NMS_TOPK_TEST", "PRE_NMS_TOPK_TRAIN", "POST_NMS_TOPK_TRAIN",
-                  "BBOX_REG_WEIGHTS"):
-            cfg.MODEL.RPN[k] = rpn[k]
-        cfg.MODEL.RPN.MIN_SIZE = float(d2["PROPOSAL_GENERATOR"]["MIN_SIZE"])
-        for k in ("NUM_CLASSES", "IN_FEATURES", "IOU_THRESHOLDS", "BATCH_SIZE_PER_IMAGE", "POSITIVE_FRACTION",
-                  "PROPOSAL_APPEND_GT", "SCORE_THRESH_TEST", "NMS_THRESH_TEST"):
-            cfg.MODEL.ROI_HEADS[k] = rh[k]
-        for k in ("NUM_FC", "FC_DIM", "POOLER_RESOLUTION", "POOLER_SAMPLING_RATIO", "CLS_AGNOSTIC_BBOX_REG"):
-            cfg.MODEL.ROI_BOX_HEAD[k] = bh[k]
-        cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = d2["ROI_BOX_CASCADE_HEAD"]["IOUS"]
-        cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = d2["ROI_BOX_CASCADE_HEAD"]["BBOX_REG_WEIGHTS"]
-        for k in ("NUM_CONV", "CONV_DIM", "POOLER_RESOLUTION", "POOLER_SAMPLING_RATIO", "CLS_AGNOSTIC_MASK"):
-            cfg.MODEL.ROI_MASK_HEAD[k] = mh[k]
     return cfg
+
+
+def convert_with_tool(kind: str, out_dir: str):
+    """``tools/convert_detectron2.py --d2-config ... --input ... --output out_dir/model_final.pth``
+    (the repository's base config of the architecture); returns ``(config path, printed text)``."""
+    import contextlib
+    import importlib.util
+    import io
+
+    spec = importlib.util.spec_from_file_location("convert_detectron2", os.path.join(REPO, "tools", "convert_detectron2.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        tool.main(["--d2-config", os.path.join(FIXTURES, kind, "config.yaml"),
+                   "--input", os.path.join(FIXTURES, kind, "model_final.pth"),
+                   "--output", os.path.join(out_dir, "model_final.pth")])
+    return os.path.join(out_dir, "config.yaml"), buf.getvalue()
 
 
 def load_model(kind: str):
