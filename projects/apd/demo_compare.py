@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """APD vs the plain student vs the APD recipe's logit KD on the generated demo data, paired seeds.
 
-    python projects/apd/demo_compare.py --teacher output/demo_run/teacher/model_final.pth \
-        --warm-start output/demo_run/warm_start/model_final.pth --out output/apd_demo --seeds 0 1 2
+    python projects/apd/demo_compare.py --teacher output/demo_run/rep0/teacher/model_final.pth \
+        --warm-start output/demo_run/rep0/warm_start/model_final.pth --out output/apd_demo --seeds 0 1 2
     python projects/apd/demo_compare.py ... --report-only
 
 The demo regime of ``tools/demo.py``: the demo teacher (``configs/demo/teacher_pspnet_r18.yaml``)
