@@ -64,7 +64,7 @@ def build_deployable(cfg: CfgNode, weights: str = "", teacher: bool = False,
     if teacher and not weights:
         weights, key = cfg.KD.TEACHER.WEIGHTS, "KD.TEACHER.WEIGHTS"
     model = build_model(mcfg)
-    if weights and missing_ok and not os.path.isfile(weights):
+    if weights and missing_ok and not weights_available(weights):
         logger.warning(f"{key} '{weights}' does not exist: the model keeps its random initialisation")
         weights = ""
     if weights:
@@ -72,6 +72,14 @@ def build_deployable(cfg: CfgNode, weights: str = "", teacher: bool = False,
     else:
         logger.warning("No weights given: the model keeps its random initialisation")
     return deploy_model(model).eval()
+
+
+def weights_available(path: str) -> bool:
+    """A checkpoint file, or a transformers checkpoint (``hf://`` name, ``save_pretrained``
+    folder) that the loader resolves itself."""
+    from bcd.modeling.hf_checkpoint import is_hf_checkpoint
+
+    return os.path.isfile(path) or is_hf_checkpoint(path)
 
 
 def resolve_checkpoint(path: str, flag: str = "checkpoint") -> str:

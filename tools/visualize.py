@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _tool_common import build_deployable, load_config, resolve_checkpoint  # noqa: E402
+from _tool_common import build_deployable, load_config, resolve_checkpoint, weights_available  # noqa: E402
 
 from bcd.utils.visualizer import PALETTES, Panel, class_palette, save_panel_grid  # noqa: E402
 
@@ -115,7 +115,7 @@ def check_inputs(args: argparse.Namespace) -> Dict[str, Any]:
     models = []
     for label, config, weights in args.model:
         cfg = load_config(config, args.opts, args.device)
-        if not os.path.isfile(weights):
+        if not weights_available(weights):
             raise FileNotFoundError(f"--model '{label}': weights '{weights}' do not exist; "
                                     + _how_to_train(cfg, config, weights))
         models.append((label, cfg, weights))

@@ -131,8 +131,10 @@ def _teacher_recipe(cfg: CfgNode) -> str:
 
 def check_teacher(cfg: CfgNode) -> None:
     """Before a distillation run writes anything: the teacher's config exists and its weights
-    ``KD.TEACHER.WEIGHTS`` are a file. The error says how to make them (the train_net command of
-    ``KD.TEACHER.CONFIG_FILE``). Nothing to check when ``KD.LOSSES`` is empty.
+    ``KD.TEACHER.WEIGHTS`` are a file (or a transformers checkpoint: an ``hf://`` name or a
+    ``save_pretrained`` folder, resolved when loaded). The error says how to make them (the
+    train_net command of ``KD.TEACHER.CONFIG_FILE``). Nothing to check when ``KD.LOSSES`` is
+    empty.
 
     Raises:
         FileNotFoundError / ValueError: naming the key, the file and the command.
@@ -146,7 +148,7 @@ def check_teacher(cfg: CfgNode) -> None:
             "KD.TEACHER.WEIGHTS is empty: a distillation run needs trained teacher weights. Train "
             f"the teacher first: {_teacher_recipe(cfg)}"
         )
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) and not is_hf_checkpoint(path):  # hf:// names resolve on load
         raise FileNotFoundError(
             f"KD.TEACHER.WEIGHTS '{path}' does not exist: a distillation run needs the trained "
             f"teacher of KD.TEACHER.CONFIG_FILE ({cfg.KD.TEACHER.CONFIG_FILE}). Train it first: "

@@ -80,21 +80,19 @@ def test_documentation_marks_the_tool_commands():
 
 # ------------------------------------------------------------------------------ the layout
 def _demo_jobs(output_dir: str):
-    """The runs of the default ``python tools/demo.py`` (its spec, its plan) into ``output_dir``."""
+    """The runs of the default ``python tools/demo.py`` into ``output_dir``: the demo's own
+    argument parser and spec (``evidence.run`` replaced by a function returning the spec),
+    planned by ``evidence.plan``."""
     sys.path.insert(0, os.path.join(REPO, "tools"))
     import demo
-    import evidence
 
-    spec = demo.build_spec(demo_args(output_dir), [])
-    return evidence.plan(spec)
-
-
-def demo_args(output_dir: str):
-    import argparse
-
-    return argparse.Namespace(replicates=1, seeds=3, teachers=0, arms="plain,pixel_kd,bcd", jobs=2,
-                              output_dir=output_dir, teacher_iters=0, warm_iters=0, student_iters=0,
-                              reuse=False, cpu_isa="default", opts=[])
+    run = demo.evidence.run
+    demo.evidence.run = lambda spec: spec
+    try:
+        spec = demo.main(["--output-dir", output_dir])
+    finally:
+        demo.evidence.run = run
+    return demo.evidence.plan(spec)
 
 
 # files every train_net run writes, files of distillation runs, and the demo's own
@@ -222,7 +220,8 @@ def test_every_documented_demo_path_exists(demo_layout):
 
 def test_kd_teachers_are_where_their_configs_write_them():
     """For every distillation config: KD.TEACHER.WEIGHTS is the model_final.pth of the teacher
-    config's OUTPUT_DIR (what `train_net.py --config-file <teacher config>` writes)."""
+    config's OUTPUT_DIR (what `train_net.py --config-file <teacher config>` writes), or a
+    published transformers checkpoint (``hf://``)."""
     from bcd.config import get_cfg
     from bcd.distill import teacher_config
 
@@ -235,6 +234,8 @@ def test_kd_teachers_are_where_their_configs_write_them():
         if not len(cfg.KD.LOSSES):
             continue
         n += 1
+        if cfg.KD.TEACHER.WEIGHTS.startswith("hf://"):
+            continue
         out = os.path.normpath(teacher_config(cfg).OUTPUT_DIR)
         if os.path.normpath(cfg.KD.TEACHER.WEIGHTS) != os.path.join(out, "model_final.pth"):
             bad.append(f"{os.path.relpath(f, REPO)}: {cfg.KD.TEACHER.WEIGHTS} (teacher writes {out}/model_final.pth)")
