@@ -99,10 +99,10 @@ def check_class_counts(cfg, dataset_names: Sequence[str]) -> None:
 def validate_run(cfg, splits: Iterable[str] = ("TRAIN", "TEST")) -> None:
     """Every start-of-run check of ``cfg`` against the datasets of ``DATASETS.<split>``.
 
-    With ``"TRAIN"`` in ``splits``, first ``check_teacher`` (a distillation config's teacher
-    files); then registers the custom datasets and runs their checks (``register_from_config``),
+    Registers the custom datasets and runs their checks (``register_from_config``), then
     ``check_class_counts``, ``check_custom_images``, ``check_object_seg_masks`` and, when
-    training, ``check_best_checkpoint_metric``. Call it before anything is written to
+    training (``"TRAIN"`` in ``splits``), ``check_best_checkpoint_metric`` and ``check_teacher``
+    (a distillation config's teacher files). Call it before anything is written to
     ``OUTPUT_DIR``.
 
     Raises:
@@ -112,9 +112,6 @@ def validate_run(cfg, splits: Iterable[str] = ("TRAIN", "TEST")) -> None:
     from ..distill import check_teacher
 
     splits = tuple(splits)
-    if "TRAIN" in splits:
-        # a distillation run needs its teacher; evaluating (TEST only) the student does not
-        check_teacher(cfg)
     register_from_config(cfg, splits=splits)
     names: List[str] = []
     for split in splits:
@@ -128,6 +125,8 @@ def validate_run(cfg, splits: Iterable[str] = ("TRAIN", "TEST")) -> None:
     check_object_seg_masks(cfg, names)  # mask sizes, 0 / 1 masks (issue 22)
     if "TRAIN" in splits:
         check_best_checkpoint_metric(cfg)
+        # a distillation run needs its teacher; evaluating (TEST only) the student does not
+        check_teacher(cfg)
 
 
 def check_custom_images(cfg, dataset_names: Sequence[str]) -> None:

@@ -243,11 +243,19 @@ def test_kd_teachers_are_where_their_configs_write_them():
 
 
 # ------------------------------------------------------------------------------ running them
+_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def run_in_process(argv: List[str], cwd: str, env: Dict[str, str]) -> None:
     """``python <script> args...`` in this process, with ``cwd`` and ``env``; a non-zero exit
     (or an exception) fails the test with the command."""
+    # a user's shell: no process-group or SLURM variables (a test that leaves RANK / WORLD_SIZE
+    # behind would make train_net's launch() wait for peers)
+    clear = [k for k in os.environ if k in _DIST_ENV or k.startswith(("SLURM_", "TORCHELASTIC_"))]
     old_cwd, old_argv = os.getcwd(), sys.argv
-    old_env = {k: os.environ.get(k) for k in env}
+    old_env = {k: os.environ.get(k) for k in [*env, *clear]}
+    for k in clear:
+        del os.environ[k]
     os.chdir(cwd)
     sys.argv = argv[1:]
     os.environ.update(env)
