@@ -41,34 +41,67 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import evidence  # noqa: E402  (tools/evidence.py)
 
-TEACHER = "configs/demo/teacher_pspnet_r18.yaml"
-WARM = "configs/demo/student_pspnet_r18_w025.yaml"
-FT = "configs/demo/ft_student_pspnet_r18_w025.yaml"
-PIXEL_KD = "configs/demo/kd_student_pspnet_r18_w025.yaml"
-BCD = "configs/demo/bcd_student_pspnet_r18_w025.yaml"
-APD = "configs/demo/apd_student_pspnet_r18_w025.yaml"
-APD_LOGIT_KD = "configs/demo/apd_logit_kd_student_pspnet_r18_w025.yaml"
-APD_BCD = "configs/demo/apd_bcd_student_pspnet_r18_w025.yaml"
+# The demo's teacher-student pairs: the configs of each stage and arm. Replicate 0 of a pair uses the
+# paths written in its configs (``output/demo_run`` for the default pair).
+PAIRS: Dict[str, Dict[str, str]] = {
+    "deeplabv3plus": {
+        "teacher": "configs/demo/teacher_deeplabv3plus_r18.yaml",
+        "warm": "configs/demo/student_deeplabv3plus_r18_w025.yaml",
+        "ft": "configs/demo/ft_student_deeplabv3plus_r18_w025.yaml",
+        "pixel_kd": "configs/demo/kd_student_deeplabv3plus_r18_w025.yaml",
+        "bcd": "configs/demo/bcd_student_deeplabv3plus_r18_w025.yaml",
+        "apd": "configs/demo/apd_student_deeplabv3plus_r18_w025.yaml",
+        "apd_logit_kd": "configs/demo/apd_logit_kd_student_deeplabv3plus_r18_w025.yaml",
+        "apd_bcd": "configs/demo/apd_bcd_student_deeplabv3plus_r18_w025.yaml",
+        "output_dir": "output/demo_run",
+        "teacher_label": "teacher (DeepLabV3+ R18×0.5)",
+        "student_label": "warm start (DeepLabV3+ R18×0.25)",
+    },
+    "pspnet": {
+        "teacher": "configs/demo/teacher_pspnet_r18.yaml",
+        "warm": "configs/demo/student_pspnet_r18_w025.yaml",
+        "ft": "configs/demo/ft_student_pspnet_r18_w025.yaml",
+        "pixel_kd": "configs/demo/kd_student_pspnet_r18_w025.yaml",
+        "bcd": "configs/demo/bcd_student_pspnet_r18_w025.yaml",
+        "apd": "configs/demo/apd_student_pspnet_r18_w025.yaml",
+        "apd_logit_kd": "configs/demo/apd_logit_kd_student_pspnet_r18_w025.yaml",
+        "apd_bcd": "configs/demo/apd_bcd_student_pspnet_r18_w025.yaml",
+        "output_dir": "output/demo_pspnet",
+        "teacher_label": "teacher (PSPNet R18×0.5)",
+        "student_label": "warm start (PSPNet R18×0.25)",
+    },
+}
+DEFAULT_PAIR = "deeplabv3plus"
 
 _NO_DECAY = ["KD.BOUNDARY.SCHEDULE.NAME", "constant", "KD.CONTEXT.SCHEDULE.NAME", "constant"]
 _BCD_ONLY = ["KD.LOSSES", "['BoundaryDistillation', 'ContextDistillation']"]
-# arm -> (config, extra options, table label)
-ARMS: Dict[str, Tuple[str, List[str], str]] = {
-    "plain": (FT, [], "student, no KD"),
-    "pixel_kd": (PIXEL_KD, [], "student + pixel KD (positive control)"),
-    "bcd": (BCD, [], "student + BCD (recommended recipe)"),
-    # Table I rows: BCD's two terms without the time decay, which bcd_paper adds
-    "bd": (BCD, ["KD.LOSSES", "['BoundaryDistillation']", *_NO_DECAY], "student + L_bd"),
-    "cd": (BCD, ["KD.LOSSES", "['ContextDistillation']", *_NO_DECAY], "student + L_cd"),
-    "both": (BCD, [*_BCD_ONLY, *_NO_DECAY], "student + L_bd + L_cd (no decay)"),
-    "bcd_paper": (BCD, _BCD_ONLY, "student + L_bd + L_cd + decay"),
-    "bcd_kd": (BCD, ["KD.LOSSES", "['BoundaryDistillation', 'ContextDistillation', 'PixelKD']"],
-               "student + BCD + pixel KD"),
-    # APD (projects/apd/README.md): the authors' recipe, its logit term alone, and APD + BCD
-    "apd": (APD, [], "student + APD"),
-    "apd_logit_kd": (APD_LOGIT_KD, [], "student + APD's logit KD alone"),
-    "apd_bcd": (APD_BCD, [], "student + APD + BCD"),
-}
+
+
+def arms_of(pair: str) -> Dict[str, Tuple[str, List[str], str]]:
+    """``arm -> (config, extra options, table label)`` of one pair."""
+    p = PAIRS[pair]
+    bcd = p["bcd"]
+    return {
+        "plain": (p["ft"], [], "student, no KD"),
+        "pixel_kd": (p["pixel_kd"], [], "student + pixel KD (positive control)"),
+        "bcd": (bcd, [], "student + BCD (recommended recipe)"),
+        # Table I rows: BCD's two terms without the time decay, which bcd_paper adds
+        "bd": (bcd, ["KD.LOSSES", "['BoundaryDistillation']", *_NO_DECAY], "student + L_bd"),
+        "cd": (bcd, ["KD.LOSSES", "['ContextDistillation']", *_NO_DECAY], "student + L_cd"),
+        "both": (bcd, [*_BCD_ONLY, *_NO_DECAY], "student + L_bd + L_cd (no decay)"),
+        "bcd_paper": (bcd, _BCD_ONLY, "student + L_bd + L_cd + decay"),
+        "bcd_kd": (bcd, ["KD.LOSSES", "['BoundaryDistillation', 'ContextDistillation', 'PixelKD']"],
+                   "student + BCD + pixel KD"),
+        # APD (projects/apd/README.md): the authors' recipe, its logit term alone, and APD + BCD
+        "apd": (p["apd"], [], "student + APD"),
+        "apd_logit_kd": (p["apd_logit_kd"], [], "student + APD's logit KD alone"),
+        "apd_bcd": (p["apd_bcd"], [], "student + APD + BCD"),
+    }
+
+
+ARMS = arms_of(DEFAULT_PAIR)
+TEACHER, WARM, FT = (PAIRS[DEFAULT_PAIR][k] for k in ("teacher", "warm", "ft"))
+PIXEL_KD, BCD = PAIRS[DEFAULT_PAIR]["pixel_kd"], PAIRS[DEFAULT_PAIR]["bcd"]
 
 
 def _iters(n: int, config: str) -> List[str]:
@@ -82,7 +115,7 @@ def _iters(n: int, config: str) -> List[str]:
     return ["SOLVER.MAX_ITER", str(n), "SOLVER.WARMUP_ITERS", str(min(cfg.SOLVER.WARMUP_ITERS, n // 2))]
 
 
-def complexity_notes(size: Tuple[int, int] = (128, 128)) -> List[str]:
+def complexity_notes(pair: str = DEFAULT_PAIR, size: Tuple[int, int] = (128, 128)) -> List[str]:
     """Params and FLOPs (``bcd.utils.analysis.count_flops``: the test-time forward counted by
     ``flop_count``, a multiply-add = 2 FLOPs) of the demo teacher and student."""
     from bcd.config import get_cfg
@@ -90,7 +123,7 @@ def complexity_notes(size: Tuple[int, int] = (128, 128)) -> List[str]:
     from bcd.utils.analysis import count_flops, count_params
 
     rows = []
-    for name, config in (("teacher", TEACHER), ("student", WARM)):
+    for name, config in (("teacher", PAIRS[pair]["teacher"]), ("student", PAIRS[pair]["warm"])):
         cfg = get_cfg()
         cfg.merge_from_file(os.path.join(ROOT, config))
         cfg.MODEL.DEVICE = "cpu"
@@ -102,17 +135,19 @@ def complexity_notes(size: Tuple[int, int] = (128, 128)) -> List[str]:
     return ["Models: " + "; ".join(rows) + " (test-time forward; one multiply-add = 2 FLOPs)."]
 
 
-def build_spec(args: argparse.Namespace, argv: Optional[List[str]]) -> evidence.Spec:
+def build_spec(args: argparse.Namespace, argv: Optional[List[str]] = None) -> evidence.Spec:
+    """The evidence design of the demo from ``build_parser()``'s arguments."""
+    p, table = PAIRS[args.pair], arms_of(args.pair)
     arms = ["plain"] + [a for a in args.arms.split(",") if a and a != "plain"]
-    unknown = [a for a in arms if a not in ARMS]
+    unknown = [a for a in arms if a not in table]
     if unknown:
-        raise SystemExit(f"demo.py: unknown arm(s) {unknown}; choose from {sorted(ARMS)}")
+        raise SystemExit(f"demo.py: unknown arm(s) {unknown}; choose from {sorted(table)}")
     kd_opts = list(args.opts or [])
     if len(kd_opts) % 2:
         raise SystemExit(f"demo.py: KEY VALUE overrides come in pairs; '{kd_opts[-1]}' has no value")
 
     def arm(name: str) -> evidence.Arm:
-        config, extra, label = ARMS[name]
+        config, extra, label = table[name]
         return evidence.Arm(name, config, list(extra), label, name != "plain")
 
     compare = [(a, "pixel_kd") for a in arms if a not in ("plain", "pixel_kd") and "pixel_kd" in arms
@@ -120,26 +155,29 @@ def build_spec(args: argparse.Namespace, argv: Optional[List[str]]) -> evidence.
     compare += evidence.parse_compare(args.compare, arms)
     cmd = "python tools/demo.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     return evidence.Spec(
-        plain=arm("plain"), arms=[arm(a) for a in arms[1:]], output_dir=args.output_dir,
-        teacher=TEACHER, teacher_opts=_iters(args.teacher_iters, TEACHER),
-        warm_start=WARM, warm_opts=_iters(args.warm_iters, WARM),
-        student_opts=_iters(args.student_iters, FT), kd_opts=kd_opts,
+        plain=arm("plain"), arms=[arm(a) for a in arms[1:]], output_dir=args.output_dir or p["output_dir"],
+        teacher=p["teacher"], teacher_opts=_iters(args.teacher_iters, p["teacher"]),
+        warm_start=p["warm"], warm_opts=_iters(args.warm_iters, p["warm"]),
+        student_opts=_iters(args.student_iters, p["ft"]), kd_opts=kd_opts,
         replicates=args.replicates, seeds=args.seeds, teachers=args.teachers, jobs=args.jobs,
         reuse=args.reuse, cpu_isa=args.cpu_isa, compare=compare, report_name="demo_report",
         title="Demo on GENERATED data (demo_sem_seg_val): does distillation help the small student?",
-        command=cmd.strip(), labels={"teacher": "teacher (PSPNet R18×0.5)", "warm_start": "warm start (student R18×0.25)"},
-        notes=complexity_notes())
+        command=cmd.strip(), labels={"teacher": p["teacher_label"], "warm_start": p["student_label"]},
+        notes=complexity_notes(args.pair))
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's command line."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pair", default=DEFAULT_PAIR, choices=sorted(PAIRS),
+                    help="teacher-student pair (default: the DeepLabV3+ pair; pspnet: the earlier demo)")
     ap.add_argument("--replicates", type=int, default=1, help="replicates: teacher and warm start re-trained in each")
     ap.add_argument("--seeds", type=int, default=3, help="paired seeds per replicate")
     ap.add_argument("--teachers", type=int, default=0, help="distinct teachers (default: one per replicate)")
     ap.add_argument("--arms", default="plain,pixel_kd,bcd", help=f"comma-separated arms of {sorted(ARMS)}")
     ap.add_argument("--compare", action="append", default=[], metavar="A-B", help="extra comparison A − B")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each if > 1)")
-    ap.add_argument("--output-dir", default="output/demo_run")
+    ap.add_argument("--output-dir", default="", help="default: output/demo_run (output/demo_pspnet for --pair pspnet)")
     ap.add_argument("--teacher-iters", type=int, default=0, help="override the teacher's SOLVER.MAX_ITER")
     ap.add_argument("--warm-iters", type=int, default=0, help="override the warm start's SOLVER.MAX_ITER")
     ap.add_argument("--student-iters", type=int, default=0, help="override the arms' SOLVER.MAX_ITER")
@@ -147,7 +185,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap.add_argument("--cpu-isa", default="default", choices=sorted(evidence.CPU_ISA_ENV),
                     help="'avx2': run with AVX2 kernels, as a machine without AVX-512 would")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for the KD arms")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    args = build_parser().parse_args(argv)
     return evidence.run(build_spec(args, argv))
 
 

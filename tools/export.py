@@ -2,7 +2,7 @@
 """Export the deployable network of a config + weights to ONNX (and TorchScript), checked against
 PyTorch with onnxruntime on real images, at the export size and at a second one.
 
-    python tools/export.py --config-file configs/demo/ft_student_pspnet_r18_w025.yaml \
+    python tools/export.py --config-file configs/demo/ft_student_deeplabv3plus_r18_w025.yaml \
         --output output/export MODEL.WEIGHTS output/demo_run/rep0/plain_seed0/model_final.pth
     python tools/export.py --config-file X.yaml --size 512 1024 --dynamic --images a.png b.png \
         --output out/export MODEL.WEIGHTS model_final.pth

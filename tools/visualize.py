@@ -2,10 +2,10 @@
 """Side-by-side pictures of predictions, and the BCD distillation signals of one image.
 
     python tools/visualize.py --output output/vis --num-images 3 \
-        --model teacher configs/demo/teacher_pspnet_r18.yaml output/demo_run/rep0/teacher/model_final.pth \
-        --model "student (no KD)" configs/demo/ft_student_pspnet_r18_w025.yaml output/demo_run/rep0/plain_seed0/model_final.pth \
-        --model "student + BCD" configs/demo/bcd_student_pspnet_r18_w025.yaml output/demo_run/rep0/bcd_seed0/model_final.pth \
-        --kd configs/demo/bcd_student_pspnet_r18_w025.yaml output/demo_run/rep0/bcd_seed0
+        --model teacher configs/demo/teacher_deeplabv3plus_r18.yaml output/demo_run/rep0/teacher/model_final.pth \
+        --model "student (no KD)" configs/demo/ft_student_deeplabv3plus_r18_w025.yaml output/demo_run/rep0/plain_seed0/model_final.pth \
+        --model "student + BCD" configs/demo/bcd_student_deeplabv3plus_r18_w025.yaml output/demo_run/rep0/bcd_seed0/model_final.pth \
+        --kd configs/demo/bcd_student_deeplabv3plus_r18_w025.yaml output/demo_run/rep0/bcd_seed0
 
 * ``--model LABEL CONFIG WEIGHTS`` (repeatable): one column of predictions per model (a
   distillation config shows its student; ``model_final.pth`` holds it, and no teacher is built).

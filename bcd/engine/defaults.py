@@ -291,9 +291,16 @@ class DefaultTrainer(TrainerBase):
     def resume_or_load(self, resume: bool = True) -> None:
         """With ``resume`` and a ``last_checkpoint`` in ``OUTPUT_DIR``: restore the model,
         optimizer, scheduler, grad scaler, hooks, RNG states and data position, and continue
-        after the saved iteration. Otherwise load ``MODEL.WEIGHTS`` (model only) if given."""
+        after the saved iteration. Otherwise load ``MODEL.WEIGHTS`` (model only) if given, and
+        reseed every RNG with ``SEED + rank`` (``SEED >= 0``): the random state at iteration 0 is
+        then the seed's alone, not that of whatever the model drew while it was built (a
+        Distiller's teacher and KD modules draw numbers a plain student does not), so two runs
+        with the same ``SEED`` draw the same dropout masks and the same augmentations -- the
+        pairing of ``tools/evidence.py`` (docs/evidence.md)."""
         checkpoint = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if not (resume and self.checkpointer.has_checkpoint()):
+            if self.cfg.SEED >= 0:
+                seed_all_rng(self.cfg.SEED + comm.get_rank())
             return
         self.start_iter = int(checkpoint.get("iteration", -1)) + 1
         self.iter = self.start_iter

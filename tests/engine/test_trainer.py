@@ -274,3 +274,21 @@ def test_evaluators_merge_flatten_and_dispatch(cfg):
         build_evaluator(cfg, "toy_unknown_type")
     with pytest.raises(KeyError, match="no evaluator_type"):
         build_evaluator(cfg, "toy_train")
+
+
+def test_fresh_run_starts_from_the_seeds_random_state(cfg, tmp_path):
+    """Paired runs (tools/evidence.py): whatever a model draws while it is built (a Distiller's
+    teacher and KD modules), a fresh run with the same SEED starts iteration 0 from the same random
+    state, so its dropout masks and random augmentations are those of the plain run."""
+    states = []
+    for extra_draws in (0, 1000):
+        cfg_i = cfg.clone()
+        cfg_i.merge_from_list(T.base_opts(str(tmp_path / f"run{extra_draws}")))
+        cfg_i.SEED = 7
+        trainer = DefaultTrainer(cfg_i)
+        torch.rand(extra_draws)  # what building KD modules would draw
+        trainer.resume_or_load(resume=False)
+        states.append((torch.get_rng_state(), torch.rand(3)))
+    assert torch.equal(states[0][0], states[1][0]) and torch.equal(states[0][1], states[1][1])
+    torch.manual_seed(7)
+    assert torch.equal(torch.rand(3), states[0][1])
